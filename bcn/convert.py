@@ -1,0 +1,43 @@
+"""Whole-model operations on BCN layers: the estimate rate, mode conversion, freezing."""
+from torch import nn
+
+from .norm import BatchChannelNorm2d, EstimateBatchNorm2d, FrozenBatchChannelNorm2d
+
+
+def estimate_layers(model: nn.Module):
+    return [m for m in model.modules() if isinstance(m, EstimateBatchNorm2d)]
+
+
+def set_estimate_rate(model: nn.Module, rate: float) -> int:
+    """Set the update rate r of every estimate-mode BCN layer (the paper: r = current lr).
+    Returns how many layers were set."""
+    layers = estimate_layers(model)
+    for layer in layers:
+        layer.set_rate(rate)
+    return len(layers)
+
+
+def convert_to_estimate_mode(model: nn.Module) -> nn.Module:
+    """Switch every batch-mode BCN to estimate mode, in place. The estimates start from the
+    BatchNorm running statistics (BCN_SPEC §1b, fine-tuning from a large-batch checkpoint),
+    so eval outputs are unchanged."""
+    for bcn in [m for m in model.modules() if isinstance(m, BatchChannelNorm2d)]:
+        if bcn.mode == "estimate":
+            continue
+        old = bcn.pbn
+        new = EstimateBatchNorm2d(bcn.num_channels, eps=old.eps, momentum=old.momentum or 0.1)
+        new.load_state_dict(old.state_dict())
+        bcn.pbn = new.to(old.weight.device).train(old.training)
+    return model
+
+
+def freeze_batch_channel_norm(module: nn.Module) -> nn.Module:
+    """Replace every BatchChannelNorm2d in ``module`` by its frozen variant (in place for
+    children; returns the new module if ``module`` itself is one)."""
+    if isinstance(module, BatchChannelNorm2d):
+        return FrozenBatchChannelNorm2d.from_bcn(module)
+    for name, child in module.named_children():
+        frozen = freeze_batch_channel_norm(child)
+        if frozen is not child:
+            setattr(module, name, frozen)
+    return module

@@ -1,0 +1,229 @@
+"""Batch-Channel Normalization (BCN_SPEC §1) as modules.
+
+Class design, and why: every framework in scope recognizes normalization layers by
+``isinstance`` -- detectron2's WEIGHT_DECAY_NORM and mmengine's norm_decay_mult against
+nn.GroupNorm / _BatchNorm, mmseg's init against 'GroupNorm' / '_BatchNorm', mmseg's
+norm_eval and torch's SyncBatchNorm conversion against _BatchNorm. So BCN's two steps are
+made of exactly those types: ``BatchChannelNorm2d`` is an nn.GroupNorm (its step 2, with a
+per-group affine) that owns its step 1 as ``pbn``, an nn.BatchNorm2d. Each framework then
+treats both parts as it treats GN and BN, with no BCN-specific code in any adapter, and the
+state-dict names are the published ones (``weight``, ``bias``, ``pbn.*``).
+"""
+import warnings
+from contextlib import nullcontext
+
+import torch
+from torch import nn
+
+from . import functional as BF
+
+MODES = ("batch", "estimate")
+AFFINES = ("group", "channel")
+
+
+class EstimateRateNotSetWarning(UserWarning):
+    pass
+
+
+class EstimateBatchNorm2d(nn.BatchNorm2d):
+    """BCN step 1 for micro-batch training (Algorithm 1).
+
+    ``running_mean`` / ``running_var`` are the estimates mu_hat / var_hat (initialized to 0
+    and 1, BatchNorm's own initial values), so a large-batch checkpoint's running statistics
+    are the starting estimates without any renaming. In training each forward updates them
+    without gradient at rate ``rate`` (variance taken around the OLD mean estimate) and then
+    normalizes with the UPDATED estimates; in eval they are used as they are.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, **kwargs):
+        super().__init__(num_features, eps=eps, momentum=momentum, **kwargs)
+        if not (self.affine and self.track_running_stats) or momentum is None:
+            raise ValueError("EstimateBatchNorm2d needs affine=True, track_running_stats=True "
+                             "and a numeric momentum (the fallback rate)")
+        # Buffers, not Python floats: a changing float would be a new constant to torch.compile
+        # every iteration. Non-persistent, so the published state dicts load unchanged.
+        self.register_buffer("rate", torch.tensor(float(momentum)), persistent=False)
+        self.rate_is_set = False
+
+    def set_rate(self, rate: float) -> None:
+        self.rate.fill_(float(rate))
+        self.rate_is_set = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            if not self.rate_is_set:
+                warnings.warn(
+                    "BCN in estimate mode is training but its estimate rate was never set, so "
+                    f"it falls back to momentum={self.momentum}. The paper sets the rate to the "
+                    "learning rate every iteration: call bcn.set_estimate_rate(model, lr) "
+                    "before each step, or use the framework hook (bcn_det.EstimateRateHook, "
+                    "bcn_seg.EstimateRateHook).",
+                    EstimateRateNotSetWarning,
+                    stacklevel=2,
+                )
+            with torch.no_grad():
+                mean, var = BF.estimate_moments(x, self.running_mean)
+                new_mean, new_var = BF.update_estimates(
+                    self.running_mean, self.running_var, mean, var, self.rate
+                )
+                self.running_mean.copy_(new_mean)
+                self.running_var.copy_(new_var)
+                self.num_batches_tracked.add_(1)
+        # Clones: the buffers change in place at the next forward, possibly before backward.
+        return BF.channel_normalize(x, self.running_mean.clone(), self.running_var.clone(),
+                                    self.weight, self.bias, self.eps)
+
+
+class BatchChannelNorm2d(nn.GroupNorm):
+    """BCN(x) = group-normalize(batch-part(x)) for x of shape (N, C, H, W).
+
+    Args:
+        num_channels: C.
+        num_groups: G, must divide C (32 in every published model).
+        mode: "batch" -- step 1 is BatchNorm with batch statistics (Eq. 16); or "estimate" --
+            step 1 uses running estimates updated at a rate set every iteration (Algorithm 1),
+            for micro-batches down to one image.
+        affine: "group" -- one (gamma, beta) per group, shape (1, G, 1), the published layout;
+            or "channel" -- one per channel, shape (C,).
+        sync_batch: in batch mode, synchronize step 1's statistics across processes
+            (nn.SyncBatchNorm), as the published segmentation models were trained.
+    """
+
+    _abbr_ = "bn"  # mmcv layer names (bn1, bn2, ...) then equal torchvision's and the checkpoints'
+
+    def __init__(self, num_channels: int, num_groups: int = 32, eps: float = 1e-5,
+                 momentum: float = 0.1, mode: str = "batch", affine: str = "group",
+                 sync_batch: bool = False):
+        check_bcn_args(num_channels, num_groups, mode, affine)
+        if sync_batch and mode != "batch":
+            raise ValueError("BCN: sync_batch=True needs mode='batch'; estimate mode keeps its "
+                             "estimates per process, as in the paper")
+        super().__init__(num_groups, num_channels, eps=eps, affine=True)
+        if affine == "group":
+            self.weight = nn.Parameter(torch.ones(1, num_groups, 1))
+            self.bias = nn.Parameter(torch.zeros(1, num_groups, 1))
+        batch_part = {"batch": nn.SyncBatchNorm if sync_batch else nn.BatchNorm2d,
+                      "estimate": EstimateBatchNorm2d}[mode]
+        self.pbn = batch_part(num_channels, eps=eps, momentum=momentum)
+        # Batches whose statistics were not finite, and so did not update pbn's running state.
+        self.register_buffer("skipped_updates", torch.zeros((), dtype=torch.long), persistent=False)
+
+    @property
+    def mode(self) -> str:
+        return "estimate" if isinstance(self.pbn, EstimateBatchNorm2d) else "batch"
+
+    def extra_repr(self) -> str:
+        affine = "group" if self.weight.numel() == self.num_groups else "channel"
+        return f"{self.num_channels}, num_groups={self.num_groups}, eps={self.eps}, affine={affine}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.num_channels:
+            raise ValueError(f"BCN expects (N, {self.num_channels}, H, W) input, got {tuple(x.shape)}")
+        if self.training and self.mode == "batch" and x.numel() == self.num_channels:
+            raise ValueError(
+                "BCN in batch mode cannot train on one value per channel (batch of 1 with a 1x1 "
+                "map): batch statistics need more than one value. Use mode='estimate' for "
+                "micro-batch training (bcn.convert_to_estimate_mode(model) or the config's BCN "
+                "mode).")
+        # Statistics in float32 under mixed precision; the result goes back to the input dtype.
+        autocast = torch.is_autocast_enabled(x.device.type)
+        with torch.autocast(x.device.type, enabled=False) if autocast else nullcontext():
+            y = self._batch_part(x.float() if autocast else x)
+            y = BF.group_normalize(y, self.num_groups, self.weight, self.bias, self.eps)
+        return y.to(x.dtype)
+
+
+    def _batch_part(self, x: torch.Tensor) -> torch.Tensor:
+        """Step 1, with its running state protected: a batch with NaN/inf statistics leaves
+        running_mean, running_var and the batch count as they were (torch.where, so no host
+        synchronization) and is counted in ``skipped_updates``; its output is still non-finite.
+
+        pbn updates copies of its buffers, which are then committed: autograd may keep the
+        tensors pbn used (BatchNorm saves them for backward), so the buffers themselves must
+        not be written in place while that graph is alive.
+        """
+        if not self.training:
+            return self.pbn(x)
+        buffers = self.pbn._buffers
+        kept = {name: buffers[name] for name in _RUNNING_STATE}
+        for name, tensor in kept.items():
+            buffers[name] = tensor.clone()
+        try:
+            y = self.pbn(x)
+            with torch.no_grad():
+                finite = (torch.isfinite(buffers["running_mean"]).all()
+                          & torch.isfinite(buffers["running_var"]).all())
+                for name, tensor in kept.items():
+                    tensor.copy_(torch.where(finite, buffers[name], tensor))
+                self.skipped_updates.add_((~finite).long())
+        finally:
+            buffers.update(kept)
+        return y
+
+
+_RUNNING_STATE = ("running_mean", "running_var", "num_batches_tracked")
+
+
+class FrozenChannelNorm2d(nn.Module):
+    """BCN step 1 frozen: a fixed per-channel affine map from stored statistics (no state
+    changes, no trainable parameters). Same buffer names as nn.BatchNorm2d, so BatchNorm /
+    EstimateBatchNorm2d state dicts load into it."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.register_buffer("weight", torch.ones(num_features))
+        self.register_buffer("bias", torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        state_dict.pop(prefix + "num_batches_tracked", None)  # a frozen layer counts nothing
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return BF.channel_normalize(x, self.running_mean, self.running_var,
+                                    self.weight, self.bias, self.eps)
+
+
+class FrozenBatchChannelNorm2d(nn.Module):
+    """BCN for frozen backbone stages: step 1 from stored statistics, then the group
+    normalization with a frozen affine. Nothing trains, nothing updates; the state-dict names
+    are BatchChannelNorm2d's, so checkpoints load into frozen and trainable stages alike."""
+
+    _abbr_ = "bn"
+
+    def __init__(self, num_channels: int, num_groups: int = 32, eps: float = 1e-5,
+                 affine: str = "group"):
+        super().__init__()
+        check_bcn_args(num_channels, num_groups, "batch", affine)
+        self.num_channels, self.num_groups, self.eps = num_channels, num_groups, eps
+        shape = (1, num_groups, 1) if affine == "group" else (num_channels,)
+        self.register_buffer("weight", torch.ones(shape))
+        self.register_buffer("bias", torch.zeros(shape))
+        self.pbn = FrozenChannelNorm2d(num_channels, eps)
+
+    @classmethod
+    def from_bcn(cls, bcn: BatchChannelNorm2d) -> "FrozenBatchChannelNorm2d":
+        affine = "group" if bcn.weight.numel() == bcn.num_groups else "channel"
+        frozen = cls(bcn.num_channels, bcn.num_groups, bcn.eps, affine)
+        frozen.load_state_dict(bcn.state_dict())
+        return frozen.to(bcn.weight.device)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_channels}, num_groups={self.num_groups}, eps={self.eps}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return BF.group_normalize(self.pbn(x), self.num_groups, self.weight, self.bias, self.eps)
+
+
+def check_bcn_args(num_channels: int, num_groups: int, mode: str, affine: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"unknown BCN mode {mode!r}; choose one of {MODES} ('batch' for large "
+                         "batches, 'estimate' for micro-batches)")
+    if affine not in AFFINES:
+        raise ValueError(f"unknown BCN affine {affine!r}; choose one of {AFFINES}")
+    if num_groups <= 0 or num_channels % num_groups != 0:
+        raise ValueError(
+            f"BCN: num_groups={num_groups} does not divide num_channels={num_channels}; choose "
+            f"a group count that divides every normalized layer's channels (32 for ResNets)")

@@ -1,0 +1,19 @@
+import os
+
+import pytest
+import torch
+
+
+@pytest.fixture
+def fresh_seed():
+    """A new random seed each run (fresh inputs every time), printed so a failure can be replayed
+    with BCN_TEST_SEED=<seed>."""
+    seed = int(os.environ.get("BCN_TEST_SEED", int.from_bytes(os.urandom(4), "little")))
+    torch.manual_seed(seed)
+    print(f"seed={seed}")
+    return seed
+
+
+def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    actual, expected = actual.detach().double(), expected.detach().double()
+    return float((actual - expected).norm() / expected.norm().clamp_min(1e-300))

@@ -1,0 +1,273 @@
+"""BatchChannelNorm2d against the float64 reference (tests/core/reference.py)."""
+import io
+import warnings
+
+import pytest
+import torch
+
+import bcn
+from tests.conftest import rel_err
+from tests.core import reference as ref
+
+SHAPES = [  # (N, C, H, W, G)
+    (2, 64, 5, 7, 32),   # the stem: 2 channels per group
+    (1, 64, 8, 8, 32),   # batch 1
+    (3, 32, 1, 1, 8),    # 1x1 maps
+    (4, 96, 3, 3, 4),
+]
+# float32 against the float64 reference: 1e-5 relative. float64 against it: 1e-10, which checks
+# the equations themselves on every shape, including the float32-ill-conditioned gradient with
+# 2 values per group on 1x1 maps (that gradient cancels to ~eps/var of the upstream one).
+TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
+DTYPES = pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+
+
+def random_input(n, c, h, w):
+    scale = torch.rand(1, c, 1, 1) * 3 + 0.2
+    shift = torch.randn(1, c, 1, 1) * 2
+    return torch.randn(n, c, h, w) * scale + shift
+
+
+def random_bcn(c, g, mode, affine="group"):
+    layer = bcn.BatchChannelNorm2d(c, g, mode=mode, affine=affine)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.copy_(torch.randn_like(p) * 0.5 + (1.0 if p.shape == layer.weight.shape else 0.0))
+        layer.pbn.running_mean.copy_(torch.randn(c))
+        layer.pbn.running_var.copy_(torch.rand(c) + 0.5)
+    return layer
+
+
+def reference_params(layer):
+    d = lambda t: t.detach().double().clone().requires_grad_(True)
+    return {"gamma_b": d(layer.pbn.weight), "beta_b": d(layer.pbn.bias),
+            "gamma_c": d(layer.weight), "beta_c": d(layer.bias)}
+
+
+def check_grads(layer, x, y, ref_x, ref_y, params):
+    grad = torch.randn_like(y)
+    y.backward(grad)
+    ref_y.backward(grad.double())
+    values_per_group = x[0].numel() // layer.num_groups
+    if x.dtype == torch.float32 and values_per_group < 4:
+        return  # ill-conditioned in float32 (see TOL); the float64 run checks these gradients
+    tol = TOL[x.dtype]
+    assert rel_err(x.grad, ref_x.grad) < tol
+    for ours, theirs in [(layer.pbn.weight, "gamma_b"), (layer.pbn.bias, "beta_b"),
+                         (layer.weight, "gamma_c"), (layer.bias, "beta_c")]:
+        assert rel_err(ours.grad, params[theirs].grad) < tol, theirs
+
+
+@DTYPES
+@pytest.mark.parametrize("n,c,h,w,g", SHAPES)
+@pytest.mark.parametrize("affine", ["group", "channel"])
+def test_batch_mode_training(fresh_seed, dtype, n, c, h, w, g, affine):
+    if n * h * w == 1:
+        pytest.skip("batch statistics need more than one value per channel")
+    layer = random_bcn(c, g, "batch", affine).to(dtype).train()
+    x = random_input(n, c, h, w).to(dtype).requires_grad_(True)
+    rm, rv = layer.pbn.running_mean.double().clone(), layer.pbn.running_var.double().clone()
+    y = layer(x)
+
+    ref_x = x.detach().double().requires_grad_(True)
+    params = reference_params(layer)
+    mean, var, count = ref.batch_stats(ref_x)
+    ref_y = ref.channel_part(ref.batch_part(ref_x, mean, var, params["gamma_b"], params["beta_b"]),
+                             g, params["gamma_c"], params["beta_c"])
+    assert rel_err(y, ref_y) < TOL[dtype]
+    # BatchNorm's usual running averages (momentum 0.1, unbiased variance)
+    assert rel_err(layer.pbn.running_mean, 0.9 * rm + 0.1 * mean.detach()) < TOL[dtype]
+    unbiased = var.detach() * count / (count - 1)
+    assert rel_err(layer.pbn.running_var, 0.9 * rv + 0.1 * unbiased) < TOL[dtype]
+    check_grads(layer, x, y, ref_x, ref_y, params)
+
+
+@DTYPES
+@pytest.mark.parametrize("n,c,h,w,g", SHAPES + [(1, 64, 1, 1, 32)])
+@pytest.mark.parametrize("affine", ["group", "channel"])
+def test_estimate_mode_training(fresh_seed, dtype, n, c, h, w, g, affine):
+    layer = random_bcn(c, g, "estimate", affine).to(dtype).train()
+    rate = float(torch.rand(())) * 0.5
+    bcn.set_estimate_rate(layer, rate)
+    x = random_input(n, c, h, w).to(dtype).requires_grad_(True)
+    mu_hat, var_hat = layer.pbn.running_mean.double().clone(), layer.pbn.running_var.double().clone()
+    y = layer(x)
+
+    ref_x = x.detach().double().requires_grad_(True)
+    params = reference_params(layer)
+    with torch.no_grad():
+        mu_new, var_new = ref.algorithm1_update(ref_x, mu_hat, var_hat, rate)
+    assert rel_err(layer.pbn.running_mean, mu_new) < TOL[dtype]
+    assert rel_err(layer.pbn.running_var, var_new) < TOL[dtype]
+    ref_y = ref.channel_part(ref.batch_part(ref_x, mu_new, var_new, params["gamma_b"], params["beta_b"]),
+                             g, params["gamma_c"], params["beta_c"])
+    assert rel_err(y, ref_y) < TOL[dtype]
+    check_grads(layer, x, y, ref_x, ref_y, params)
+
+
+@DTYPES
+@pytest.mark.parametrize("mode", bcn.MODES)
+@pytest.mark.parametrize("n,c,h,w,g", SHAPES + [(1, 64, 1, 1, 32)])
+def test_eval_uses_stored_statistics(fresh_seed, dtype, mode, n, c, h, w, g):
+    layer = random_bcn(c, g, mode).to(dtype).eval()
+    before = {k: v.clone() for k, v in layer.state_dict().items()}
+    x = random_input(n, c, h, w).to(dtype).requires_grad_(True)
+    y = layer(x)
+    ref_x = x.detach().double().requires_grad_(True)
+    params = reference_params(layer)
+    ref_y = ref.channel_part(
+        ref.batch_part(ref_x, layer.pbn.running_mean.double(), layer.pbn.running_var.double(),
+                       params["gamma_b"], params["beta_b"]), g, params["gamma_c"], params["beta_c"])
+    assert rel_err(y, ref_y) < TOL[dtype]
+    check_grads(layer, x, y, ref_x, ref_y, params)
+    for k, v in layer.state_dict().items():
+        assert torch.equal(v, before[k]), f"{k} changed in eval"
+
+
+@pytest.mark.parametrize("mode", bcn.MODES)
+def test_gradcheck(fresh_seed, mode):
+    layer = random_bcn(16, 4, mode).double().train()
+    bcn.set_estimate_rate(layer, 0.0)  # estimates stay fixed across gradcheck's evaluations
+    x = random_input(2, 16, 3, 3).double().requires_grad_(True)
+    params = [layer.weight, layer.bias, layer.pbn.weight, layer.pbn.bias]
+    assert torch.autograd.gradcheck(lambda x, *p: layer(x), (x, *params))
+
+
+def test_algorithm1_recurrence_over_iterations(fresh_seed):
+    layer = bcn.BatchChannelNorm2d(32, 8, mode="estimate").double().train()
+    mu_hat, var_hat = torch.zeros(32, dtype=torch.float64), torch.ones(32, dtype=torch.float64)
+    for _ in range(6):
+        rate = float(torch.rand(()))
+        x = random_input(1, 32, 4, 4).double()
+        bcn.set_estimate_rate(layer, rate)
+        layer(x)
+        n = x.shape[2] * x.shape[3]
+        m = x.sum((0, 2, 3)) / n
+        v = ((x - mu_hat.view(1, -1, 1, 1)) ** 2).sum((0, 2, 3)) / n  # around the OLD estimate
+        mu_hat, var_hat = mu_hat + rate * (m - mu_hat), var_hat + rate * (v - var_hat)
+        assert torch.allclose(layer.pbn.running_mean, mu_hat, rtol=1e-12, atol=1e-12)
+        assert torch.allclose(layer.pbn.running_var, var_hat, rtol=1e-12, atol=1e-12)
+    assert int(layer.pbn.num_batches_tracked) == 6
+
+
+@pytest.mark.parametrize("mode", bcn.MODES)
+def test_state_dict_round_trip_is_bit_exact(fresh_seed, mode):
+    layer = random_bcn(64, 32, mode).train()
+    bcn.set_estimate_rate(layer, 0.3)
+    for _ in range(3):
+        layer(random_input(2, 64, 4, 4))
+    buffer = io.BytesIO()
+    torch.save(layer.state_dict(), buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=True)
+    expected = {f"pbn.{k}" for k in ("weight", "bias", "running_mean", "running_var",
+                                     "num_batches_tracked")} | {"weight", "bias"}
+    assert set(loaded) == expected
+    assert loaded["weight"].shape == (1, 32, 1)
+    restored = bcn.BatchChannelNorm2d(64, 32, mode=mode)
+    restored.load_state_dict(loaded)
+    for k, v in layer.state_dict().items():
+        assert torch.equal(restored.state_dict()[k], v), k
+    x = random_input(2, 64, 4, 4)
+    assert torch.equal(restored.eval()(x), layer.eval()(x))
+
+
+def test_conversions_keep_eval_outputs(fresh_seed):
+    model = torch.nn.Sequential(random_bcn(64, 32, "batch"), torch.nn.ReLU(), random_bcn(64, 32, "batch"))
+    model.eval()
+    x = random_input(2, 64, 5, 5)
+    expected = model(x)
+    bcn.convert_to_estimate_mode(model)
+    assert all(m.mode == "estimate" for m in model if isinstance(m, bcn.BatchChannelNorm2d))
+    assert torch.equal(model(x), expected)
+    frozen = bcn.freeze_batch_channel_norm(model)
+    assert not any(isinstance(m, bcn.BatchChannelNorm2d) for m in frozen.modules())
+    assert not list(frozen.parameters())
+    assert torch.allclose(frozen(x), expected, rtol=0, atol=1e-6)
+    frozen.train()(x)  # a frozen layer never updates, in train mode neither
+    assert torch.allclose(frozen(x), expected, rtol=0, atol=1e-6)
+
+
+def test_frozen_loads_a_bcn_state_dict(fresh_seed):
+    layer = random_bcn(64, 32, "batch")
+    frozen = bcn.FrozenBatchChannelNorm2d(64, 32)
+    frozen.load_state_dict(layer.state_dict())  # num_batches_tracked is accepted and dropped
+    x = random_input(2, 64, 3, 3)
+    assert torch.allclose(frozen(x), layer.eval()(x), rtol=0, atol=1e-6)
+
+
+def test_bad_arguments_fail_clearly():
+    with pytest.raises(ValueError, match="does not divide"):
+        bcn.BatchChannelNorm2d(48, 32)
+    with pytest.raises(ValueError, match="unknown BCN mode"):
+        bcn.BatchChannelNorm2d(64, 32, mode="micro")
+    with pytest.raises(ValueError, match="unknown BCN affine"):
+        bcn.BatchChannelNorm2d(64, 32, affine="pixel")
+    with pytest.raises(ValueError, match="sync_batch"):
+        bcn.BatchChannelNorm2d(64, 32, mode="estimate", sync_batch=True)
+    with pytest.raises(ValueError, match=r"expects \(N, 64, H, W\)"):
+        bcn.BatchChannelNorm2d(64, 32)(torch.randn(2, 32, 4, 4))
+
+
+def test_batch_mode_one_value_per_channel_points_to_estimate_mode():
+    with pytest.raises(ValueError, match="mode='estimate'"):
+        bcn.BatchChannelNorm2d(64, 32).train()(torch.randn(1, 64, 1, 1))
+    layer = bcn.BatchChannelNorm2d(64, 32, mode="estimate").train()
+    bcn.set_estimate_rate(layer, 0.1)
+    assert torch.isfinite(layer(torch.randn(1, 64, 1, 1))).all()
+
+
+@pytest.mark.parametrize("mode", bcn.MODES)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_batch_leaves_running_state_and_is_counted(fresh_seed, mode, bad):
+    layer = random_bcn(64, 32, mode).train()
+    bcn.set_estimate_rate(layer, 0.2)
+    layer(random_input(2, 64, 4, 4))
+    before = {k: v.clone() for k, v in layer.state_dict().items()}
+    x = random_input(2, 64, 4, 4)
+    x[1, 5, 2, 2] = bad
+    y = layer(x)
+    assert not torch.isfinite(y).all(), "a non-finite input must give a visibly non-finite output"
+    for k, v in layer.state_dict().items():
+        assert torch.equal(v, before[k]), f"{k} was updated by a non-finite batch"
+    assert int(layer.skipped_updates) == 1
+    layer(random_input(2, 64, 4, 4))
+    assert int(layer.pbn.num_batches_tracked) == int(before["pbn.num_batches_tracked"]) + 1
+
+
+def test_unset_rate_warns_and_set_rate_silences():
+    layer = bcn.BatchChannelNorm2d(64, 32, mode="estimate").train()
+    with pytest.warns(bcn.EstimateRateNotSetWarning, match="set_estimate_rate"):
+        layer(torch.randn(1, 64, 4, 4))
+    assert not torch.equal(layer.pbn.running_mean, torch.zeros(64)), "fallback rate must update"
+    assert bcn.set_estimate_rate(torch.nn.Sequential(layer, layer), 0.01) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        layer(torch.randn(1, 64, 4, 4))
+
+
+@pytest.mark.parametrize("mode", bcn.MODES)
+def test_bfloat16_autocast_keeps_statistics_in_float32(fresh_seed, mode):
+    layer = random_bcn(64, 32, mode).train()
+    twin = random_bcn(64, 32, mode).train()
+    twin.load_state_dict(layer.state_dict())
+    bcn.set_estimate_rate(layer, 0.3), bcn.set_estimate_rate(twin, 0.3)
+    x = random_input(2, 64, 6, 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x.bfloat16())
+    assert y.dtype == torch.bfloat16
+    assert layer.pbn.running_mean.dtype == torch.float32
+    expected = twin(x.bfloat16().float())  # the same bf16 input, in float32 throughout
+    assert rel_err(layer.pbn.running_mean, twin.pbn.running_mean) < 1e-6
+    assert rel_err(y.float(), expected) < 1e-2  # only the output's bf16 rounding
+
+
+@pytest.mark.parametrize("mode", bcn.MODES)
+def test_channels_last_and_non_contiguous_inputs(fresh_seed, mode):
+    layer = random_bcn(64, 32, mode).eval()
+    x = random_input(2, 64, 6, 5)
+    expected = layer(x)
+    # equal up to float32 reduction order (the 1e-5 budget of every float32 check)
+    assert rel_err(layer(x.to(memory_format=torch.channels_last)), expected) < 1e-5
+    wide = random_input(2, 64, 6, 10)
+    assert rel_err(layer(wide[..., ::2]), layer(wide[..., ::2].contiguous())) < 1e-5
