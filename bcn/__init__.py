@@ -4,8 +4,8 @@ The detectron2 adapter (bcn_det) and the MMSegmentation adapter (bcn_seg) build 
 """
 from . import functional
 from .conv import WSConv2d
-from .convert import (convert_to_estimate_mode, estimate_layers, freeze_batch_channel_norm,
-                      set_estimate_rate)
+from .convert import (bcn_learning_rate, convert_to_estimate_mode, estimate_layers, freeze_batch_channel_norm,
+                      replace_batchnorm, set_estimate_rate)
 from .diagnostics import statdiff
 from .norm import (AFFINES, MODES, BatchChannelNorm2d, EstimateBatchNorm2d,
                    EstimateRateNotSetWarning, FrozenBatchChannelNorm2d, FrozenChannelNorm2d)
@@ -13,6 +13,6 @@ from .norm import (AFFINES, MODES, BatchChannelNorm2d, EstimateBatchNorm2d,
 __all__ = [
     "functional", "WSConv2d", "BatchChannelNorm2d", "EstimateBatchNorm2d",
     "FrozenBatchChannelNorm2d", "FrozenChannelNorm2d", "EstimateRateNotSetWarning", "MODES",
-    "AFFINES", "set_estimate_rate", "estimate_layers", "convert_to_estimate_mode",
-    "freeze_batch_channel_norm", "statdiff",
+    "AFFINES", "set_estimate_rate", "bcn_learning_rate", "estimate_layers", "convert_to_estimate_mode",
+    "freeze_batch_channel_norm", "replace_batchnorm", "statdiff",
 ]

@@ -41,3 +41,30 @@ def freeze_batch_channel_norm(module: nn.Module) -> nn.Module:
         if frozen is not child:
             setattr(module, name, frozen)
     return module
+
+
+def replace_batchnorm(module: nn.Module, make_norm) -> nn.Module:
+    """Replace every plain nn.BatchNorm2d in ``module`` by ``make_norm(num_features)``, in place
+    (returns the replacement if ``module`` itself is one). Lets a framework build a model's
+    structure with its own builders and a BatchNorm placeholder, then take BCN."""
+    if type(module) is nn.BatchNorm2d:
+        return make_norm(module.num_features).to(module.weight.device)
+    for name, child in module.named_children():
+        new = replace_batchnorm(child, make_norm)
+        if new is not child:
+            setattr(module, name, new)
+    return module
+
+
+def bcn_learning_rate(model: nn.Module, optimizer) -> float:
+    """The current learning rate of BCN's trainable parameters: the paper's estimate rate.
+
+    Read from the first optimizer parameter group holding a BCN parameter (groups may differ,
+    e.g. with a bias lr factor); the first group if BCN trains nothing.
+    """
+    ids = {id(p) for m in model.modules() if isinstance(m, BatchChannelNorm2d)
+           for p in m.parameters()}
+    for group in optimizer.param_groups:
+        if any(id(p) in ids for p in group["params"]):
+            return group["lr"]
+    return optimizer.param_groups[0]["lr"]

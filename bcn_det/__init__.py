@@ -1,0 +1,22 @@
+"""Detectron2 adapter of BCN / WS. ``import bcn_det`` registers everything.
+
+Registered builders (name them in a config):
+    MODEL.BACKBONE.NAME:       build_bcn_resnet_backbone, build_bcn_resnet_fpn_backbone
+    MODEL.ROI_BOX_HEAD.NAME:   BCNConvFCHead
+    MODEL.ROI_MASK_HEAD.NAME:  BCNMaskRCNNConvUpsampleHead
+Datasets: bcn_toy_coco_train, bcn_toy_coco_val (generated on first use).
+"""
+from .compat import has_fast_coco_eval, launch
+from .config import add_bcn_config
+from .hooks import EstimateRateHook
+from .modeling import (BCNConvFCHead, BCNMaskRCNNConvUpsampleHead, WSConv2d,
+                       build_bcn_resnet_backbone, build_bcn_resnet_fpn_backbone, check_bcn_config)
+from .toy import ensure_toy_coco, register_toy_coco
+
+register_toy_coco()
+
+__all__ = [
+    "add_bcn_config", "EstimateRateHook", "BCNConvFCHead", "BCNMaskRCNNConvUpsampleHead",
+    "WSConv2d", "build_bcn_resnet_backbone", "build_bcn_resnet_fpn_backbone",
+    "check_bcn_config", "launch", "has_fast_coco_eval", "ensure_toy_coco", "register_toy_coco",
+]

@@ -1,0 +1,75 @@
+"""The training entry point behind tools/train_net.py: detectron2's DefaultTrainer with the
+estimate-rate hook, a COCO evaluator that works with or without detectron2's C++ ops, and the
+config checks of bcn_det."""
+import logging
+import os
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup
+from detectron2.evaluation import COCOEvaluator
+
+from .compat import has_fast_coco_eval, launch
+from .config import add_bcn_config
+from .hooks import EstimateRateHook
+from .modeling import check_bcn_config
+from .toy import register_toy_coco
+
+logger = logging.getLogger("bcn_det")
+
+
+class Trainer(DefaultTrainer):
+    @classmethod
+    def build_model(cls, cfg):
+        check_bcn_config(cfg)
+        return super().build_model(cfg)
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
+        return COCOEvaluator(dataset_name, output_dir=output_folder,
+                             use_fast_impl=has_fast_coco_eval())
+
+    def build_hooks(self):
+        return [EstimateRateHook()] + super().build_hooks()
+
+
+def setup(args):
+    cfg = get_cfg()
+    add_bcn_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning("CUDA is not available: training on the CPU (MODEL.DEVICE cpu)")
+        cfg.MODEL.DEVICE = "cpu"
+    cfg.freeze()
+    register_toy_coco(cfg.DATASETS.TOY_ROOT or None)
+    default_setup(cfg, args)
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume)
+        return Trainer.test(cfg, model)
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+def argument_parser():
+    parser = default_argument_parser()
+    parser.description = ("Train / evaluate detectron2 models with BCN and WS. --num-gpus is the "
+                          "number of processes per machine: GPUs (NCCL) or, without CUDA, CPU "
+                          "processes (gloo).")
+    return parser
+
+
+def run(argv=None):
+    args = argument_parser().parse_args(argv)
+    return launch(main, args.num_gpus, num_machines=args.num_machines,
+                  machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))

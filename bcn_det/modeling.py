@@ -1,0 +1,194 @@
+"""Registered detectron2 builders that read NORM "BCN" and the WS switches from the config.
+
+Each builder delegates the structure to detectron2 itself and only decides the norm and conv
+layers, so the models are detectron2's own. They accept every detectron2 norm name too, which
+is how the GN and GN+WS baselines are built by the same builders.
+"""
+import torch
+from detectron2.config import configurable
+from detectron2.layers import Conv2d, get_norm
+from detectron2.modeling import BACKBONE_REGISTRY, ROI_BOX_HEAD_REGISTRY, ROI_MASK_HEAD_REGISTRY
+from detectron2.modeling.backbone.fpn import build_resnet_fpn_backbone
+from detectron2.modeling.backbone.resnet import ResNet, build_resnet_backbone
+from detectron2.modeling.roi_heads.box_head import FastRCNNConvFCHead
+from detectron2.modeling.roi_heads.mask_head import MaskRCNNConvUpsampleHead
+
+import bcn
+from bcn.functional import weight_standardize
+
+NORM_KEYS = ("MODEL.RESNETS.NORM", "MODEL.FPN.NORM", "MODEL.ROI_BOX_HEAD.NORM",
+             "MODEL.ROI_MASK_HEAD.NORM")
+# Which of our builders each section needs once its NORM is "BCN" (detectron2's do not know it).
+BCN_BUILDERS = {
+    "MODEL.RESNETS.NORM": ("MODEL.BACKBONE.NAME",
+                           ("build_bcn_resnet_backbone", "build_bcn_resnet_fpn_backbone")),
+    "MODEL.FPN.NORM": ("MODEL.BACKBONE.NAME", ("build_bcn_resnet_fpn_backbone",)),
+    "MODEL.ROI_BOX_HEAD.NORM": ("MODEL.ROI_BOX_HEAD.NAME", ("BCNConvFCHead",)),
+    "MODEL.ROI_MASK_HEAD.NORM": ("MODEL.ROI_MASK_HEAD.NAME", ("BCNMaskRCNNConvUpsampleHead",)),
+}
+
+
+def lookup(cfg, key: str):
+    node = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+class BCNFactory:
+    """``factory(channels)`` -> a BatchChannelNorm2d configured by cfg.MODEL.BCN; errors name
+    the config key the norm came from."""
+
+    def __init__(self, cfg, key: str):
+        o = cfg.MODEL.BCN
+        self.key = key
+        self.kwargs = dict(num_groups=o.NUM_GROUPS, eps=o.EPS, momentum=o.MOMENTUM,
+                           mode=o.MODE, affine=o.AFFINE)
+        bcn.norm.check_bcn_args(o.NUM_GROUPS, o.NUM_GROUPS, o.MODE, o.AFFINE)
+
+    def __call__(self, channels: int) -> bcn.BatchChannelNorm2d:
+        try:
+            return bcn.BatchChannelNorm2d(channels, **self.kwargs)
+        except ValueError as e:
+            raise ValueError(f"{self.key}='BCN' with MODEL.BCN settings: {e}") from None
+
+
+def norm_spec(cfg, key: str):
+    """The config's norm name, checked: a BCNFactory for "BCN", else detectron2's own name."""
+    name = lookup(cfg, key)
+    if name == "BCN":
+        return BCNFactory(cfg, key)
+    try:
+        get_norm(name, 32)
+    except KeyError:
+        raise ValueError(
+            f"{key}={name!r} is not a known norm: use 'BCN' or one of detectron2's "
+            "('', 'BN', 'SyncBN', 'FrozenBN', 'GN', 'nnSyncBN', 'naiveSyncBN')") from None
+    return name
+
+
+def check_bcn_config(cfg) -> None:
+    """Fail early, with the fix, when a norm is "BCN" but the builder of its section is
+    detectron2's own (which would raise a bare KeyError deep inside get_norm)."""
+    for norm_key, (name_key, ours) in BCN_BUILDERS.items():
+        if lookup(cfg, norm_key) == "BCN" and lookup(cfg, name_key) not in ours:
+            if norm_key == "MODEL.FPN.NORM" and "fpn" not in lookup(cfg, name_key):
+                continue  # no FPN in this model: its NORM is unused
+            raise ValueError(f"{norm_key}='BCN' needs {name_key} to be one of {ours} (registered "
+                             f"by bcn_det), not {lookup(cfg, name_key)!r}")
+    for key in NORM_KEYS:
+        norm_spec(cfg, key)
+
+
+class WSConv2d(Conv2d):
+    """detectron2's Conv2d (conv, then its norm and activation) with a standardized weight."""
+
+    ws_eps = 1e-5
+    ws_form = "eps_in_sqrt"
+
+    def forward(self, x):
+        x = self._conv_forward(x, weight_standardize(self.weight, self.ws_eps, self.ws_form), self.bias)
+        if self.norm is not None:
+            x = self.norm(x)
+        if self.activation is not None:
+            x = self.activation(x)
+        return x
+
+
+def ws_options(cfg):
+    return cfg.MODEL.WS.EPS, cfg.MODEL.WS.FORM
+
+
+def standardize_convs(module: torch.nn.Module, ws_eps: float, ws_form: str) -> torch.nn.Module:
+    """Turn every detectron2 Conv2d in ``module`` that is followed by a norm into a WSConv2d.
+
+    The class is changed in place rather than the module replaced: detectron2 keeps convs in
+    plain Python lists too (FPN's lateral/output convs, the heads' conv_norm_relus), which a
+    replacement would leave pointing at the old modules.
+    """
+    for m in module.modules():
+        if type(m) is Conv2d and m.norm is not None:
+            m.__class__ = WSConv2d
+            m.ws_eps, m.ws_form = ws_eps, ws_form
+    return module
+
+
+def freeze_resnet(resnet: ResNet, freeze_at: int) -> ResNet:
+    """ResNet.freeze, with BCN's own frozen variant in the frozen blocks (detectron2's freeze
+    knows BatchNorm only)."""
+    parts = ([resnet.stem] if freeze_at >= 1 else []) + [
+        block for idx, stage in enumerate(resnet.stages, start=2) if freeze_at >= idx
+        for block in stage.children()]
+    for part in parts:
+        bcn.freeze_batch_channel_norm(part)
+        part.freeze()
+    return resnet
+
+
+def _build_backbone(cfg, input_shape, d2_builder, with_fpn: bool):
+    # yacs stores plain values only, so detectron2 builds with a BatchNorm placeholder where a
+    # norm is "BCN", and the placeholders are replaced below. Freezing waits for BCN too.
+    resnet_norm = norm_spec(cfg, "MODEL.RESNETS.NORM")
+    fpn_norm = norm_spec(cfg, "MODEL.FPN.NORM") if with_fpn else ""
+    sub = cfg.clone()
+    sub.defrost()
+    sub.MODEL.BACKBONE.FREEZE_AT = 0
+    if isinstance(resnet_norm, BCNFactory):
+        sub.MODEL.RESNETS.NORM = "BN"
+    if isinstance(fpn_norm, BCNFactory):
+        sub.MODEL.FPN.NORM = "BN"
+    backbone = d2_builder(sub, input_shape)
+    resnet = backbone.bottom_up if with_fpn else backbone
+    fpn_convs = list(backbone.lateral_convs) + list(backbone.output_convs) if with_fpn else []
+    if isinstance(resnet_norm, BCNFactory):
+        bcn.replace_batchnorm(resnet, resnet_norm)
+    if isinstance(fpn_norm, BCNFactory):
+        for conv in fpn_convs:
+            bcn.replace_batchnorm(conv, fpn_norm)
+    if cfg.MODEL.RESNETS.WS:
+        standardize_convs(resnet, *ws_options(cfg))
+    if with_fpn and cfg.MODEL.FPN.WS:
+        for conv in fpn_convs:
+            standardize_convs(conv, *ws_options(cfg))
+    freeze_resnet(resnet, cfg.MODEL.BACKBONE.FREEZE_AT)
+    return backbone
+
+
+@BACKBONE_REGISTRY.register()
+def build_bcn_resnet_backbone(cfg, input_shape):
+    """detectron2's ResNet/ResNeXt with MODEL.RESNETS.NORM "BCN" and MODEL.RESNETS.WS."""
+    return _build_backbone(cfg, input_shape, build_resnet_backbone, with_fpn=False)
+
+
+@BACKBONE_REGISTRY.register()
+def build_bcn_resnet_fpn_backbone(cfg, input_shape):
+    """detectron2's ResNet-FPN with BCN / WS in the ResNet (RESNETS.*) and the FPN (FPN.*)."""
+    return _build_backbone(cfg, input_shape, build_resnet_fpn_backbone, with_fpn=True)
+
+
+def _head_with_bcn(base, section: str):
+    """A subclass of a detectron2 head whose conv norm and WS come from cfg.MODEL.<section>."""
+
+    class Head(base):
+        @configurable
+        def __init__(self, *args, ws=None, **kwargs):
+            """ws: (eps, form) of weight standardization for the convs, or None."""
+            super().__init__(*args, **kwargs)
+            if ws is not None:
+                standardize_convs(self, *ws)
+
+        @classmethod
+        def from_config(cls, cfg, input_shape):
+            ret = super().from_config(cfg, input_shape)
+            ret["conv_norm"] = norm_spec(cfg, f"MODEL.{section}.NORM")
+            ret["ws"] = ws_options(cfg) if cfg.MODEL[section].WS else None
+            return ret
+
+    Head.__name__ = Head.__qualname__ = "BCN" + base.__name__.replace("FastRCNN", "")
+    Head.__doc__ = f"detectron2's {base.__name__} with MODEL.{section}.NORM 'BCN' and .WS."
+    return Head
+
+
+BCNConvFCHead = ROI_BOX_HEAD_REGISTRY.register(_head_with_bcn(FastRCNNConvFCHead, "ROI_BOX_HEAD"))
+BCNMaskRCNNConvUpsampleHead = ROI_MASK_HEAD_REGISTRY.register(
+    _head_with_bcn(MaskRCNNConvUpsampleHead, "ROI_MASK_HEAD"))
