@@ -34,6 +34,12 @@ class Trainer(DefaultTrainer):
     def build_hooks(self):
         return [EstimateRateHook()] + super().build_hooks()
 
+    def train(self):
+        """Train, and return the evaluation results of the end of training (detectron2 0.6
+        returns them only when TEST.EXPECTED_RESULTS is set)."""
+        super().train()
+        return getattr(self, "_last_eval_results", None)
+
 
 def setup(args):
     cfg = get_cfg()

@@ -1,0 +1,33 @@
+import pytest
+
+pytest.importorskip("detectron2")
+from detectron2.config import get_cfg  # noqa: E402
+
+import bcn_det  # noqa: E402
+from bcn_det.toy import ensure_toy_coco, register_toy_coco  # noqa: E402
+
+TOY_CONFIG = "configs/detectron2/toy/mask_rcnn_R18_FPN_bcn_ws_toy.yaml"
+
+
+def load_cfg(path, *opts):
+    cfg = get_cfg()
+    bcn_det.add_bcn_config(cfg)
+    cfg.merge_from_file(path)
+    cfg.merge_from_list(list(opts))
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def toy_root(tmp_path_factory):
+    root = ensure_toy_coco(tmp_path_factory.mktemp("data") / "bcn_toy_coco")
+    register_toy_coco(root)
+    return root
+
+
+@pytest.fixture
+def toy_cfg(toy_root, tmp_path):
+    """The toy config, shrunk to a few fast iterations in a temporary output directory."""
+    return load_cfg(TOY_CONFIG, "DATASETS.TOY_ROOT", str(toy_root), "OUTPUT_DIR", str(tmp_path / "out"),
+                    "SOLVER.MAX_ITER", "4", "SOLVER.WARMUP_ITERS", "2", "SOLVER.STEPS", "(3,)",
+                    "SOLVER.CHECKPOINT_PERIOD", "2", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32",
+                    "SEED", "1")

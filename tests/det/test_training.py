@@ -1,0 +1,65 @@
+"""Training, evaluation, resume and multi-process runs of the real detectron2 on the toy set."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import bcn
+from bcn_det.engine import Trainer
+
+pytestmark = pytest.mark.slow
+
+
+def bcn_state(model):
+    return {k: v.clone() for k, v in model.state_dict().items() if ".norm." in k and "pbn.running" in k}
+
+
+def test_toy_training_then_coco_evaluation(toy_cfg):
+    toy_cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0  # an untrained model must still predict
+    trainer = Trainer(toy_cfg)
+    trainer.resume_or_load(resume=False)
+    results = trainer.train()
+    for task in ("bbox", "segm"):
+        ap = results[task]["AP"]
+        assert isinstance(ap, float) and 0.0 <= ap <= 100.0, (task, ap)
+    # the hook set every estimate layer's rate to the last iteration's lr (after the step at 3)
+    layers = bcn.estimate_layers(trainer.model)
+    assert layers and all(float(m.rate) == pytest.approx(0.002) for m in layers)
+    assert all(m.rate_is_set for m in layers)
+
+
+def test_resume_restores_bcn_estimates_and_iteration(toy_cfg):
+    toy_cfg.DATASETS.TEST = ()
+    trainer = Trainer(toy_cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    trained = bcn_state(trainer.model)
+    assert trained and not all(torch.equal(v, torch.zeros_like(v)) for k, v in trained.items()
+                               if k.endswith("running_mean"))
+    resumed = Trainer(toy_cfg)
+    resumed.resume_or_load(resume=True)
+    assert resumed.start_iter == toy_cfg.SOLVER.MAX_ITER
+    for key, value in bcn_state(resumed.model).items():
+        assert torch.equal(value, trained[key]), key
+    assert resumed.scheduler.last_epoch == trainer.scheduler.last_epoch
+
+
+def test_two_cpu_processes_share_parameters_but_not_estimates(toy_root, tmp_path):
+    out = tmp_path / "ddp"
+    out.mkdir()
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    subprocess.run(
+        [sys.executable, "-m", "tests.det.two_rank_job", str(out), "2", "DATASETS.TOY_ROOT", str(toy_root),
+         "DATASETS.TEST", "()", "SOLVER.MAX_ITER", "3", "SOLVER.IMS_PER_BATCH", "2",
+         "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32", "SEED", "3"],
+        check=True, env=env, timeout=600)
+    ranks = [torch.load(out / f"rank{r}.pth", weights_only=True) for r in (0, 1)]
+    params = [k for k in ranks[0] if "running" not in k and "num_batches" not in k]
+    for key in params:
+        assert torch.equal(ranks[0][key], ranks[1][key]), f"{key} differs across ranks"
+    estimates = [k for k in ranks[0] if k.endswith("pbn.running_mean")]
+    assert estimates
+    differing = [k for k in estimates if not torch.equal(ranks[0][k], ranks[1][k])]
+    assert len(differing) > len(estimates) // 2, "BCN estimates must stay per rank (unsynchronized)"

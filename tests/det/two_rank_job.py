@@ -1,0 +1,25 @@
+"""Run by test_training.py: train the toy model in N CPU processes (gloo) through bcn_det's
+launcher, then save each rank's model state, so the test can compare ranks."""
+import sys
+
+import torch
+from detectron2.utils import comm
+
+import bcn_det
+from bcn_det.engine import Trainer
+from tests.det.conftest import load_cfg, TOY_CONFIG
+
+
+def main(out_dir, opts):
+    bcn_det.register_toy_coco(opts[opts.index("DATASETS.TOY_ROOT") + 1])
+    cfg = load_cfg(TOY_CONFIG, "OUTPUT_DIR", out_dir, *opts)
+    cfg.freeze()
+    trainer = Trainer(cfg)
+    trainer.train()
+    model = trainer.model.module if hasattr(trainer.model, "module") else trainer.model
+    torch.save(model.state_dict(), f"{out_dir}/rank{comm.get_rank()}.pth")
+
+
+if __name__ == "__main__":
+    out_dir, nprocs, *opts = sys.argv[1:]
+    bcn_det.launch(main, int(nprocs), dist_url="auto", args=(out_dir, opts))
