@@ -1,0 +1,13 @@
+"""MMSegmentation adapter of BCN / WS. In a config: ``custom_imports = dict(imports=['bcn_seg'])``.
+
+Registers (mmengine root registries, visible from the mmseg scope):
+    MODELS:   'BCN' (norm_cfg), 'WSConv2d' (conv_cfg)
+    HOOKS:    'EstimateRateHook'
+    DATASETS: 'ToyVOCDataset' (the built-in toy set, VOC layout)
+"""
+from . import compat  # noqa: F401  (first: mmseg imports need it)
+from .hooks import EstimateRateHook
+from .registry import BCN_TYPES, CONV_TYPES
+from .toy import ToyVOCDataset, ensure_toy_voc
+
+__all__ = ["EstimateRateHook", "ToyVOCDataset", "ensure_toy_voc", "BCN_TYPES", "CONV_TYPES"]

@@ -1,0 +1,135 @@
+"""What tools/train_seg.py and tools/test_seg.py share: arguments, config checks, and the
+process group (NCCL on GPUs, gloo on CPU, which mmengine does not set up by itself)."""
+import argparse
+import difflib
+import os
+import os.path as osp
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from mmengine.config import Config, DictAction
+
+from .registry import BCN_TYPES, CONV_TYPES
+
+
+def parse_args(test: bool):
+    parser = argparse.ArgumentParser(
+        description=("Test" if test else "Train") + " an MMSegmentation model with BCN / WS. "
+        "Several processes: torchrun --nproc_per_node N ... --launcher pytorch (GPUs with NCCL, "
+        "CPU processes with gloo); multi-node through torchrun's rendezvous.")
+    parser.add_argument("config", help="config file")
+    if test:
+        parser.add_argument("checkpoint", help="checkpoint file")
+    parser.add_argument("--work-dir", help="where to save logs and checkpoints")
+    if not test:
+        parser.add_argument("--resume", action="store_true", help="resume from the last checkpoint of work-dir")
+    parser.add_argument("--data-root", help="dataset root (else $VOC_ROOT, else the config's)")
+    parser.add_argument("--cfg-options", nargs="+", action=DictAction, help="override config keys")
+    parser.add_argument("--launcher", choices=["none", "pytorch"], default="none")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=0)
+    return parser.parse_args()
+
+
+def init_distributed(launcher: str) -> None:
+    """Create the process group from torchrun's environment before mmengine's Runner does:
+    mmengine 0.10.7 calls torch.cuda.set_device unconditionally, which fails on a CPU host.
+    A group that exists already is left to mmengine."""
+    if launcher == "none" or dist.is_initialized():
+        return
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        dist.init_process_group("nccl", timeout=timedelta(minutes=30))
+    else:
+        dist.init_process_group("gloo", timeout=timedelta(minutes=30))
+
+
+def load_config(args) -> Config:
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    check_config(cfg, args.config)
+    cfg.launcher = args.launcher
+    cfg.work_dir = args.work_dir or cfg.get("work_dir") or osp.join(
+        "work_dirs", osp.splitext(osp.basename(args.config))[0])
+    data_root = args.data_root or os.environ.get("VOC_ROOT")
+    if data_root:
+        for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
+            if cfg.get(loader):
+                _set_data_root(cfg[loader]["dataset"], data_root)
+    for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
+        if cfg.get(loader) and cfg[loader].get("num_workers", 0) == 0:
+            cfg[loader]["persistent_workers"] = False  # invalid without workers
+    if args.launcher != "none" and not torch.cuda.is_available():
+        cfg.env_cfg.setdefault("dist_cfg", {})["backend"] = "gloo"
+        wrapper = cfg.get("model_wrapper_cfg") or dict(type="MMDistributedDataParallel")
+        wrapper.update(device_ids=None)  # DDP takes no device ids for CPU modules
+        wrapper.setdefault("broadcast_buffers", False)
+        cfg.model_wrapper_cfg = wrapper
+    return cfg
+
+
+def _set_data_root(dataset, root):
+    if "datasets" in dataset:
+        for d in dataset["datasets"]:
+            _set_data_root(d, root)
+    elif "dataset" in dataset:
+        _set_data_root(dataset["dataset"], root)
+    else:
+        dataset["data_root"] = root
+
+
+def check_config(cfg: Config, path: str = "config") -> None:
+    """Every norm_cfg / conv_cfg type is registered, and a config using ours imports bcn_seg
+    itself (so it also works with mmseg's own tools)."""
+    from mmseg.registry import MODELS
+    from mmseg.utils import register_all_modules
+
+    register_all_modules(init_default_scope=False)
+    imports = (cfg.get("custom_imports") or {}).get("imports", [])
+    for where, spec in _layer_cfgs(cfg._cfg_dict.to_dict()):
+        kind = spec.get("type")
+        if not isinstance(kind, str):
+            continue
+        if kind in BCN_TYPES + CONV_TYPES and "bcn_seg" not in imports:
+            raise ValueError(f"{path}: {where} is {kind!r}, registered by bcn_seg, but the config does "
+                             "not import it: add custom_imports = dict(imports=['bcn_seg'], "
+                             "allow_failed_imports=False)")
+        with MODELS.switch_scope_and_registry("mmseg") as registry:
+            if registry.get(kind) is None:
+                known = list(registry.module_dict) + list(registry.parent.module_dict)
+                hint = difflib.get_close_matches(kind, known, n=3)
+                raise ValueError(f"{path}: {where} type {kind!r} is not registered"
+                                 + (f"; did you mean {hint}?" if hint else ""))
+
+
+def _layer_cfgs(node, where=""):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            here = f"{where}.{key}" if where else key
+            if key in ("norm_cfg", "conv_cfg") and isinstance(value, dict):
+                yield here, value
+            else:
+                yield from _layer_cfgs(value, here)
+    elif isinstance(node, (list, tuple)):
+        for i, value in enumerate(node):
+            yield from _layer_cfgs(value, f"{where}[{i}]")
+
+
+def run(test: bool) -> None:
+    import bcn_seg  # noqa: F401  registrations and compat, before anything of mmseg
+    from mmengine.runner import Runner
+
+    args = parse_args(test)
+    init_distributed(args.launcher)
+    try:
+        cfg = load_config(args)
+        if test:
+            cfg.load_from = args.checkpoint
+        else:
+            cfg.resume = args.resume
+        runner = Runner.from_cfg(cfg)
+        runner.test() if test else runner.train()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
