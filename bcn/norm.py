@@ -119,7 +119,7 @@ class BatchChannelNorm2d(nn.GroupNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.num_channels:
             raise ValueError(f"BCN expects (N, {self.num_channels}, H, W) input, got {tuple(x.shape)}")
-        if self.training and self.mode == "batch" and x.numel() == self.num_channels:
+        if self.pbn.training and self.mode == "batch" and x.numel() == self.num_channels:
             raise ValueError(
                 "BCN in batch mode cannot train on one value per channel (batch of 1 with a 1x1 "
                 "map): batch statistics need more than one value. Use mode='estimate' for "
@@ -142,7 +142,7 @@ class BatchChannelNorm2d(nn.GroupNorm):
         tensors pbn used (BatchNorm saves them for backward), so the buffers themselves must
         not be written in place while that graph is alive.
         """
-        if not self.training:
+        if not self.pbn.training:  # eval, or a framework's norm_eval put only the BN part in eval
             return self.pbn(x)
         buffers = self.pbn._buffers
         kept = {name: buffers[name] for name in _RUNNING_STATE}

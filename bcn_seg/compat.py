@@ -53,7 +53,11 @@ def provide_mmcv_ops() -> None:
 def allow_mmengine_checkpoints() -> None:
     """torch >= 2.6 loads with weights_only=True by default, and mmengine 0.10.7's checkpoints
     hold its HistoryBuffer (the message hub) and numpy arrays and scalars: resume and
-    load_from fail. Allow-list exactly those classes; the safety itself stays on."""
+    load_from fail. Allow-list exactly those classes; the safety itself stays on.
+
+    ``getattr`` is among them because a HistoryBuffer pickles its statistics methods as
+    getattr(HistoryBuffer, 'min'). That is safe to allow: torch's weights-only unpickler calls
+    only allow-listed callables, so what getattr fetches can be stored but never called."""
     import numpy as np
     import torch
     from mmengine.logging import HistoryBuffer
@@ -61,7 +65,7 @@ def allow_mmengine_checkpoints() -> None:
     multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
     dtypes = [type(np.dtype(t)) for t in (np.float64, np.float32, np.int64, np.int32, np.bool_)]
     torch.serialization.add_safe_globals(
-        [HistoryBuffer, multiarray._reconstruct, multiarray.scalar, np.ndarray, np.dtype, *dtypes])
+        [HistoryBuffer, getattr, multiarray._reconstruct, multiarray.scalar, np.ndarray, np.dtype, *dtypes])
 
 
 provide_mmcv_ops()

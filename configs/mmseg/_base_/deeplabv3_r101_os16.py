@@ -1,9 +1,7 @@
 # DeepLabV3, ResNet-101 torchvision-style (7x7 stem, stride on the 3x3), output stride 16,
-# multi-grid (1, 1, 1), ASPP rates 6/12/18 with image pooling (BCN_SPEC §5). norm_cfg and
-# conv_cfg are set by each config.
+# multi-grid (1, 1, 1), ASPP rates 6/12/18 with image pooling (BCN_SPEC §5). The norm and
+# conv layers (norm_cfg, conv_cfg) are set by each config.
 custom_imports = dict(imports=['bcn_seg'], allow_failed_imports=False)
-norm_cfg = None
-conv_cfg = None
 data_preprocessor = dict(
     type='SegDataPreProcessor', mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375],
     bgr_to_rgb=True, pad_val=0, seg_pad_val=255, size=(513, 513))

@@ -1,0 +1,87 @@
+"""Training, testing, resume and torchrun runs of the real MMSegmentation on the toy VOC set."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import bcn
+
+pytestmark = pytest.mark.slow
+
+
+def cli_options(options):
+    return ["--cfg-options"] + [f"{k}={v}" for k, v in options.items() if "data_root" not in k]
+
+
+def run_tool(tool, *args, nproc=1):
+    # the repository root on the path, for a config's custom_imports of test modules
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.getcwd())
+    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                 "--nproc_per_node", str(nproc)] if nproc > 1 else [sys.executable])
+    extra = ["--launcher", "pytorch"] if nproc > 1 else []
+    subprocess.run(launcher + [f"tools/{tool}", *args, *extra], check=True, env=env, timeout=300)
+
+
+def metrics(work_dir: Path, name: str):
+    """The metrics mmengine logged: validation scalars, or a test run's final json."""
+    if name == "val":
+        lines = sorted(work_dir.glob("*/vis_data/scalars.json"))[-1].read_text().splitlines()
+        return [json.loads(l) for l in lines if "mIoU" in l][-1]
+    runs = sorted(p for p in work_dir.glob("*/*.json") if p.stem == p.parent.name)
+    return json.loads(runs[-1].read_text())
+
+
+def test_train_then_test_reproduces_miou(toy_options, toy_voc, tmp_path):
+    toy_voc = str(toy_voc)
+    from tests.seg.conftest import TOY_CONFIG
+
+    work = Path(toy_options["work_dir"])
+    run_tool("train_seg.py", TOY_CONFIG, "--data-root", toy_voc, *cli_options(toy_options))
+    val = metrics(work, "val")
+    assert 0.0 <= val["mIoU"] <= 100.0
+    test_work = tmp_path / "test"
+    run_tool("test_seg.py", TOY_CONFIG, str(work / "iter_4.pth"), "--work-dir", str(test_work),
+             "--data-root", toy_voc)
+    assert metrics(test_work, "test")["mIoU"] == val["mIoU"]
+
+
+def test_resume_restores_bcn_estimates_and_iteration(toy_options):
+    from mmengine.runner import Runner
+
+    from tests.seg.conftest import TOY_CONFIG, load_config
+
+    toy_options["train_cfg.val_interval"] = 100  # no validation in this test
+    runner = Runner.from_cfg(load_config(TOY_CONFIG, **toy_options))
+    runner.train()
+    trained = {k: v.clone() for k, v in runner.model.state_dict().items() if "pbn.running" in k}
+    assert trained
+    resumed = Runner.from_cfg(load_config(TOY_CONFIG, **toy_options, resume=True))
+    resumed.load_or_resume()  # mmengine's own resume, torch.load(weights_only=True) + allow-list
+    assert resumed.iter == 4
+    state = resumed.model.state_dict()
+    for key, value in trained.items():
+        assert torch.equal(state[key], value), key
+    layers = bcn.estimate_layers(runner.model)
+    assert layers and all(m.rate_is_set for m in layers)
+
+
+def test_torchrun_two_cpu_processes(toy_options, toy_voc, tmp_path):
+    from tests.seg.conftest import derived_config
+
+    work = Path(toy_options["work_dir"])
+    config = derived_config(
+        tmp_path, custom_imports=dict(imports=["bcn_seg", "tests.seg.rank_dump"]),
+        custom_hooks=[dict(type="EstimateRateHook"), dict(type="DumpRankStateHook")])
+    options = dict(toy_options, **{"train_cfg.val_interval": 100, "train_dataloader.batch_size": 2})
+    run_tool("train_seg.py", config, "--data-root", str(toy_voc), *cli_options(options), nproc=2)
+    ranks = [torch.load(work / f"rank{r}.pth", weights_only=True) for r in (0, 1)]
+    for key in ranks[0]:
+        if "running" not in key and "num_batches" not in key:
+            assert torch.equal(ranks[0][key], ranks[1][key]), f"{key} differs across ranks"
+    estimates = [k for k in ranks[0] if k.endswith("pbn.running_mean")]
+    differing = [k for k in estimates if not torch.equal(ranks[0][k], ranks[1][k])]
+    assert len(differing) > len(estimates) // 2, "BCN estimates must stay per rank (unsynchronized)"
