@@ -3,13 +3,14 @@ estimate-rate hook, a COCO evaluator that works with or without detectron2's C++
 config checks of bcn_det."""
 import logging
 import os
+import weakref
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup
 from detectron2.evaluation import COCOEvaluator
 
+from .checkpoint import BCNCheckpointer
 from .compat import has_fast_coco_eval, launch
 from .config import add_bcn_config
 from .hooks import EstimateRateHook
@@ -32,6 +33,10 @@ class Trainer(DefaultTrainer):
                              use_fast_impl=has_fast_coco_eval())
 
     def build_hooks(self):
+        # DefaultTrainer.__init__ made a DetectionCheckpointer just before calling this; ours
+        # also reads the published BCN+WS files, and the checkpoint hook must save through it.
+        self.checkpointer = BCNCheckpointer(self.checkpointer.model, self.cfg.OUTPUT_DIR,
+                                            trainer=weakref.proxy(self))
         return [EstimateRateHook()] + super().build_hooks()
 
     def train(self):
@@ -59,7 +64,7 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        BCNCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume)
         return Trainer.test(cfg, model)
     trainer = Trainer(cfg)

@@ -6,5 +6,5 @@ norm_cfg = dict(type='BCN', num_groups=32, mode='batch', sync_batch=True, requir
 conv_cfg = dict(type='WSConv2d')
 model = dict(
     backbone=dict(norm_cfg=norm_cfg, conv_cfg=conv_cfg,
-                  init_cfg=dict(type='Pretrained', checkpoint='pretrained/rn101_bcn_ws_mmseg.pth')),
+                  init_cfg=dict(type='BCNPretrained', checkpoint='pretrained/rn101-bcn-ws.pth.tar')),
     decode_head=dict(norm_cfg=norm_cfg, conv_cfg=conv_cfg))

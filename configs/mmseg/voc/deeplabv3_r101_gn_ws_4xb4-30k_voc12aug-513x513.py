@@ -3,5 +3,5 @@ _base_ = ['./deeplabv3_r101_bcn_ws_4xb4-30k_voc12aug-513x513.py']
 norm_cfg = dict(_delete_=True, type='GN', num_groups=32, requires_grad=True)
 conv_cfg = dict(type='WSConv2d')
 model = dict(
-    backbone=dict(norm_cfg=norm_cfg, conv_cfg=conv_cfg, init_cfg=dict(checkpoint='pretrained/rn101_gn_ws_mmseg.pth')),
+    backbone=dict(norm_cfg=norm_cfg, conv_cfg=conv_cfg, init_cfg=dict(_delete_=True, type='Pretrained', checkpoint='pretrained/rn101_gn_ws_mmseg.pth')),
     decode_head=dict(norm_cfg=norm_cfg, conv_cfg=conv_cfg))

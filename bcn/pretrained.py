@@ -1,0 +1,111 @@
+"""The published BCN+WS ImageNet checkpoints (BCN_SPEC §3), read into one canonical form.
+
+Canonical form: the torchvision-style names of the published files, the batch part called
+``pbn``, no ``module.`` prefix, no classifier (fc.*). It is also exactly the state dict of
+MMSegmentation's ResNet/ResNeXt built with BCN; bcn_det renames it to detectron2's names.
+Files are read with ``weights_only=True``: tensors and plain containers only.
+"""
+import hashlib
+import re
+from collections import OrderedDict
+from typing import Dict, Mapping, Optional
+
+import torch
+
+# The authors' release (github.com/joe-siyuan-qiao/pytorch-classification, branch
+# "batch-channel-normalization"; the segmentation file from their DeepLabV3 code). Their
+# sha256 sums are not published; pass yours to read_published(..., sha256=...) to pin them.
+PUBLISHED_FILES = {
+    "rn50_bcn_ws.pth": "ResNet-50, BCN+WS, ImageNet top-1 error 23.09",
+    "rn101_bcn_ws.pth": "ResNet-101, BCN+WS, ImageNet top-1 error 21.29",
+    "rx50_bcn_ws.pth": "ResNeXt-50 32x4d, BCN+WS, ImageNet top-1 error 22.08",
+    "rn101-bcn-ws.pth.tar": "ResNet-101, BCN+WS, the file used for segmentation",
+}
+_BATCH_PART = re.compile(r"^((?:layer\d+\.\d+\.)?(?:bn\d|downsample\.1))\.bn\.")
+_EXPECTED = ("a torchvision-style ResNet/ResNeXt state dict with BCN: conv1.weight, "
+             "bn1.weight of shape (1, G, 1), bn1.pbn.{weight,bias,running_mean,running_var}, "
+             "layer1..4 (optionally under 'state_dict', keys optionally prefixed 'module.', the "
+             "batch part optionally named 'bn')")
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+def read_published(path: str, sha256: Optional[str] = None) -> "OrderedDict[str, torch.Tensor]":
+    """Load a published BCN+WS checkpoint (any of its variants) in canonical form."""
+    if sha256 is not None:
+        with open(path, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()
+        if digest != sha256.lower():
+            raise CheckpointError(f"{path}: sha256 {digest} does not match the expected {sha256}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, corrupted, or holding arbitrary objects
+        raise CheckpointError(f"{path}: cannot be read as a weights-only torch checkpoint "
+                              f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
+    try:
+        return canonicalize(obj)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+
+
+def is_published_layout(obj) -> bool:
+    try:
+        canonicalize(obj)
+        return True
+    except CheckpointError:
+        return False
+
+
+def canonicalize(obj) -> "OrderedDict[str, torch.Tensor]":
+    """Any published variant -> canonical names (see module doc). Raises CheckpointError."""
+    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"unknown layout: expected {_EXPECTED}")
+    state = OrderedDict()
+    for key, value in obj.items():
+        key = key[len("module."):] if key.startswith("module.") else key
+        if key.startswith("fc."):
+            continue  # the ImageNet classifier
+        state[_BATCH_PART.sub(r"\1.pbn.", key)] = value
+    stem = state.get("bn1.weight")
+    if ("conv1.weight" not in state or stem is None or stem.dim() != 3 or stem.shape[0] != 1
+            or "bn1.pbn.running_mean" not in state or not any(k.startswith("layer1.") for k in state)):
+        sample = ", ".join(list(state)[:6])
+        raise CheckpointError(f"unknown layout: expected {_EXPECTED}; got keys like {sample}")
+    return state
+
+
+def resnet_spec(state: Mapping[str, torch.Tensor]) -> Dict[str, int]:
+    """Architecture of a canonical state dict: depth, ResNeXt groups and width, BCN groups."""
+    blocks = [len({k.split(".")[1] for k in state if k.startswith(f"layer{i}.")}) for i in range(1, 5)]
+    depth = {(3, 4, 6, 3): 50, (3, 4, 23, 3): 101, (3, 8, 36, 3): 152}.get(tuple(blocks))
+    if depth is None:
+        raise CheckpointError(f"blocks per stage {blocks} are not those of ResNet-50/101/152")
+    width = state["layer1.0.conv2.weight"].shape[0]
+    groups = width // state["layer1.0.conv2.weight"].shape[1]
+    return {"depth": depth, "groups": groups, "width_per_group": width // groups,
+            "bcn_groups": state["bn1.weight"].shape[1]}
+
+
+def match_state_dict(source: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor],
+                     what: str = "checkpoint") -> None:
+    """Raise CheckpointError unless ``source`` fills ``target`` exactly: every key present on
+    both sides, every shape equal. num_batches_tracked may be absent from the target (frozen
+    layers count nothing)."""
+    source_keys = {k for k in source if not (k.endswith("num_batches_tracked") and k not in target)}
+    missing = sorted(set(target) - source_keys)
+    unexpected = sorted(source_keys - set(target))
+    mismatched = [f"{k}: checkpoint {tuple(source[k].shape)} vs model {tuple(target[k].shape)}"
+                  for k in sorted(source_keys & set(target)) if source[k].shape != target[k].shape]
+    problems = []
+    for title, items in (("missing from the checkpoint", missing),
+                         ("unexpected in the checkpoint", unexpected),
+                         ("shape mismatches", mismatched)):
+        if items:
+            shown = "\n    ".join(items[:20]) + (f"\n    ... and {len(items) - 20} more" if len(items) > 20 else "")
+            problems.append(f"  {len(items)} {title}:\n    {shown}")
+    if problems:
+        raise CheckpointError(f"{what} does not match the model:\n" + "\n".join(problems))

@@ -1,0 +1,50 @@
+"""A reference model in the published layout itself (BCN_SPEC §3): torchvision's ResNet /
+ResNeXt with BCN + WS, random weights and statistics, saved in each published variant."""
+import torch
+from torch import nn
+from torchvision.models.resnet import Bottleneck, ResNet
+
+import bcn
+
+VARIANTS = ("pbn", "bn", "module", "wrapped")
+
+
+def reference_model(resnext: bool) -> nn.Module:
+    kwargs = dict(groups=32, width_per_group=4) if resnext else {}
+    model = ResNet(Bottleneck, [3, 4, 6, 3], norm_layer=lambda c: bcn.BatchChannelNorm2d(c, 32), **kwargs)
+    for m in model.modules():
+        if type(m) is nn.Conv2d:  # WS on every conv (each is followed by BCN); fc stays plain
+            m.__class__ = bcn.WSConv2d
+            m.ws_eps, m.ws_form = 1e-5, "eps_in_sqrt"
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(torch.randn_like(p) * (0.3 if p.dim() > 1 else 0.2) + (1.0 if name.endswith("weight") and p.dim() in (1, 3) else 0.0))
+        for name, b in model.named_buffers():
+            if name.endswith("running_mean"):
+                b.copy_(torch.randn_like(b) * 0.2)
+            elif name.endswith("running_var"):
+                b.copy_(torch.rand_like(b) + 0.5)
+            elif name.endswith("num_batches_tracked"):
+                b.fill_(1000)
+    return model.eval()
+
+
+def stage_outputs(model, x):
+    x = model.maxpool(model.relu(model.bn1(model.conv1(x))))
+    outs = []
+    for layer in (model.layer1, model.layer2, model.layer3, model.layer4):
+        x = layer(x)
+        outs.append(x)
+    return outs
+
+
+def save_variant(model, variant: str, path) -> None:
+    state = model.state_dict()
+    if variant == "bn":
+        state = {k.replace(".pbn.", ".bn."): v for k, v in state.items()}
+    if variant in ("module", "wrapped"):
+        state = {"module." + k: v for k, v in state.items()}
+    if variant == "wrapped":
+        state = {"state_dict": state, "epoch": 90, "best_acc": torch.tensor(76.91),
+                 "optimizer": {"state": {}, "param_groups": [{"lr": 0.0, "params": [0, 1]}]}}
+    torch.save(state, path)
