@@ -16,6 +16,6 @@ if ! .venv/bin/python -c "import detectron2" 2>/dev/null; then
     .venv/bin/python scripts/build_detectron2.py .cache/detectron2
 fi
 pip install --no-deps --no-build-isolation -e .
-.venv/bin/python -c "import torch, detectron2, mmseg, bcn" \
+.venv/bin/python -c "import torch, detectron2, mmseg, bcn, bcn_det, bcn_seg" \
     || { echo "setup.sh: the environment is incomplete (see the errors above)" >&2; exit 1; }
 echo "setup.sh: .venv ready (torch $(.venv/bin/python -c 'import torch; print(torch.__version__)'))"
