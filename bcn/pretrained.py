@@ -12,9 +12,8 @@ from typing import Dict, Mapping, Optional
 
 import torch
 
-# The authors' release (github.com/joe-siyuan-qiao/pytorch-classification, branch
-# "batch-channel-normalization"; the segmentation file from their DeepLabV3 code). Their
-# sha256 sums are not published; pass yours to read_published(..., sha256=...) to pin them.
+# Released with the authors' code, github.com/joe-siyuan-qiao/Batch-Channel-Normalization (the
+# paper's link). No sha256 sums are published: pass yours to read_published(sha256=...) to pin.
 PUBLISHED_FILES = {
     "rn50_bcn_ws.pth": "ResNet-50, BCN+WS, ImageNet top-1 error 23.09",
     "rn101_bcn_ws.pth": "ResNet-101, BCN+WS, ImageNet top-1 error 21.29",
