@@ -6,7 +6,7 @@ from . import functional
 from .conv import WSConv2d
 from .convert import (bcn_learning_rate, convert_to_estimate_mode, estimate_layers, freeze_batch_channel_norm,
                       replace_batchnorm, set_estimate_rate)
-from .diagnostics import statdiff
+from .diagnostics import ChannelStatsTracker, statdiff
 from .norm import (AFFINES, MODES, BatchChannelNorm2d, EstimateBatchNorm2d,
                    EstimateRateNotSetWarning, FrozenBatchChannelNorm2d, FrozenChannelNorm2d)
 
@@ -14,5 +14,5 @@ __all__ = [
     "functional", "WSConv2d", "BatchChannelNorm2d", "EstimateBatchNorm2d",
     "FrozenBatchChannelNorm2d", "FrozenChannelNorm2d", "EstimateRateNotSetWarning", "MODES",
     "AFFINES", "set_estimate_rate", "bcn_learning_rate", "estimate_layers", "convert_to_estimate_mode",
-    "freeze_batch_channel_norm", "replace_batchnorm", "statdiff",
+    "freeze_batch_channel_norm", "replace_batchnorm", "statdiff", "ChannelStatsTracker",
 ]

@@ -30,6 +30,10 @@ def add_bcn_config(cfg: CN) -> CN:
     # "eps_on_std": std + eps (the authors' segmentation script).
     cfg.MODEL.WS.FORM = "eps_in_sqrt"
 
+    # StatDiff / dead-channel diagnostics (bcn_det.StatDiffHook) every N iterations; 0: off.
+    cfg.DIAGNOSTICS = CN()
+    cfg.DIAGNOSTICS.STATDIFF_PERIOD = 0
+
     # The toy dataset's location (bcn_det.toy); empty: $DETECTRON2_DATASETS/bcn_toy_coco.
     cfg.DATASETS.TOY_ROOT = ""
     return cfg

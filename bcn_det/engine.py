@@ -13,7 +13,7 @@ from detectron2.evaluation import COCOEvaluator
 from .checkpoint import BCNCheckpointer
 from .compat import has_fast_coco_eval, launch
 from .config import add_bcn_config
-from .hooks import EstimateRateHook
+from .hooks import EstimateRateHook, StatDiffHook
 from .modeling import check_bcn_config
 from .toy import register_toy_coco
 
@@ -37,7 +37,10 @@ class Trainer(DefaultTrainer):
         # also reads the published BCN+WS files, and the checkpoint hook must save through it.
         self.checkpointer = BCNCheckpointer(self.checkpointer.model, self.cfg.OUTPUT_DIR,
                                             trainer=weakref.proxy(self))
-        return [EstimateRateHook()] + super().build_hooks()
+        hooks = [EstimateRateHook()] + super().build_hooks()
+        if self.cfg.DIAGNOSTICS.STATDIFF_PERIOD > 0:
+            hooks.insert(1, StatDiffHook(self.cfg.DIAGNOSTICS.STATDIFF_PERIOD))
+        return hooks
 
     def train(self):
         """Train, and return the evaluation results of the end of training (detectron2 0.6

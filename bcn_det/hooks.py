@@ -15,3 +15,32 @@ class EstimateRateHook(HookBase):
     def before_step(self):
         model = self.trainer.model
         bcn.set_estimate_rate(model, bcn.bcn_learning_rate(model, self.trainer.optimizer))
+
+
+class StatDiffHook(HookBase):
+    """Every ``period`` iterations, record StatDiff (Eq. 8) and the dead-channel fraction of
+    every normalization layer during that iteration, into detectron2's EventStorage (so
+    metrics.json and tensorboard): ``statdiff/<layer>``, ``dead/<layer>`` and ``*/mean``.
+    tools/train_net.py adds it when DIAGNOSTICS.STATDIFF_PERIOD > 0; plot with
+    tools/plot_statdiff.py."""
+
+    def __init__(self, period: int = 20, momentum: float = 0.1, dead_threshold: float = 0.01):
+        self.period, self.momentum, self.dead_threshold = period, momentum, dead_threshold
+        self.tracker = None
+
+    def before_train(self):
+        from detectron2.layers import FrozenBatchNorm2d
+
+        self.tracker = bcn.ChannelStatsTracker(self.trainer.model, self.momentum, self.dead_threshold,
+                                               extra_types=(FrozenBatchNorm2d,))
+
+    def before_step(self):
+        self.tracker.active = (self.trainer.iter + 1) % self.period == 0
+
+    def after_step(self):
+        if self.tracker.active:
+            self.trainer.storage.put_scalars(**self.tracker.summary(), smoothing_hint=False)
+            self.tracker.active = False
+
+    def after_train(self):
+        self.tracker.remove()

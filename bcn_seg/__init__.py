@@ -2,14 +2,14 @@
 
 Registers (mmengine root registries, visible from the mmseg scope):
     MODELS:   'BCN' (norm_cfg), 'WSConv2d' (conv_cfg)
-    HOOKS:    'EstimateRateHook'
+    HOOKS:    'EstimateRateHook', 'StatDiffHook'
     WEIGHT_INITIALIZERS: 'BCNPretrained' (the published BCN+WS ImageNet files, any variant)
     DATASETS: 'ToyVOCDataset' (the built-in toy set, VOC layout)
 """
 from . import compat  # noqa: F401  (first: mmseg imports need it)
 from .checkpoint import BCNPretrainedInit
-from .hooks import EstimateRateHook
+from .hooks import EstimateRateHook, StatDiffHook
 from .registry import BCN_TYPES, CONV_TYPES
 from .toy import ToyVOCDataset, ensure_toy_voc
 
-__all__ = ["BCNPretrainedInit", "EstimateRateHook", "ToyVOCDataset", "ensure_toy_voc", "BCN_TYPES", "CONV_TYPES"]
+__all__ = ["BCNPretrainedInit", "EstimateRateHook", "StatDiffHook", "ToyVOCDataset", "ensure_toy_voc", "BCN_TYPES", "CONV_TYPES"]

@@ -18,3 +18,31 @@ class EstimateRateHook(Hook):
     def before_train_iter(self, runner, batch_idx, data_batch=None):
         model = runner.model
         bcn.set_estimate_rate(model, bcn.bcn_learning_rate(model, runner.optim_wrapper))
+
+
+@HOOKS.register_module(force=True)
+class StatDiffHook(Hook):
+    """Every ``interval`` iterations, record StatDiff (Eq. 8) and the dead-channel fraction of
+    every normalization layer during that iteration, through mmengine's visualizer (its
+    backends: vis_data/scalars.json, tensorboard): ``statdiff/<layer>``, ``dead/<layer>`` and
+    ``*/mean``. In a config: ``custom_hooks = [dict(type='StatDiffHook', interval=20)]``."""
+
+    priority = "LOW"
+
+    def __init__(self, interval: int = 20, momentum: float = 0.1, dead_threshold: float = 0.01):
+        self.interval, self.momentum, self.dead_threshold = interval, momentum, dead_threshold
+        self.tracker = None
+
+    def before_train(self, runner):
+        self.tracker = bcn.ChannelStatsTracker(runner.model, self.momentum, self.dead_threshold)
+
+    def before_train_iter(self, runner, batch_idx, data_batch=None):
+        self.tracker.active = (runner.iter + 1) % self.interval == 0
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        if self.tracker.active:
+            runner.visualizer.add_scalars(self.tracker.summary(), step=runner.iter + 1)
+            self.tracker.active = False
+
+    def after_train(self, runner):
+        self.tracker.remove()

@@ -1,4 +1,6 @@
 """Training, evaluation, resume and multi-process runs of the real detectron2 on the toy set."""
+import json
+import math
 import os
 import subprocess
 import sys
@@ -18,6 +20,7 @@ def bcn_state(model):
 
 def test_toy_training_then_coco_evaluation(toy_cfg):
     toy_cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0  # an untrained model must still predict
+    toy_cfg.DIAGNOSTICS.STATDIFF_PERIOD = 2
     trainer = Trainer(toy_cfg)
     trainer.resume_or_load(resume=False)
     results = trainer.train()
@@ -28,6 +31,12 @@ def test_toy_training_then_coco_evaluation(toy_cfg):
     layers = bcn.estimate_layers(trainer.model)
     assert layers and all(float(m.rate) == pytest.approx(0.002) for m in layers)
     assert all(m.rate_is_set for m in layers)
+    # StatDiff of every normalized layer went through EventStorage into metrics.json
+    records = [json.loads(l) for l in open(os.path.join(toy_cfg.OUTPUT_DIR, "metrics.json"))]
+    logged = [r for r in records if "statdiff/mean" in r]
+    assert logged and logged[-1]["iteration"] == 3
+    layers_logged = [k for k in logged[-1] if k.startswith("statdiff/backbone.bottom_up.res")]
+    assert len(layers_logged) > 10 and all(math.isfinite(logged[-1][k]) for k in layers_logged)
 
 
 def test_resume_restores_bcn_estimates_and_iteration(toy_cfg):

@@ -75,7 +75,8 @@ def test_torchrun_two_cpu_processes(toy_options, toy_voc, tmp_path):
     work = Path(toy_options["work_dir"])
     config = derived_config(
         tmp_path, custom_imports=dict(imports=["bcn_seg", "tests.seg.rank_dump"]),
-        custom_hooks=[dict(type="EstimateRateHook"), dict(type="DumpRankStateHook")])
+        custom_hooks=[dict(type="EstimateRateHook"), dict(type="DumpRankStateHook"),
+                      dict(type="StatDiffHook", interval=2)])
     options = dict(toy_options, **{"train_cfg.val_interval": 100, "train_dataloader.batch_size": 2})
     run_tool("train_seg.py", config, "--data-root", str(toy_voc), *cli_options(options), nproc=2)
     ranks = [torch.load(work / f"rank{r}.pth", weights_only=True) for r in (0, 1)]
@@ -85,3 +86,8 @@ def test_torchrun_two_cpu_processes(toy_options, toy_voc, tmp_path):
     estimates = [k for k in ranks[0] if k.endswith("pbn.running_mean")]
     differing = [k for k in estimates if not torch.equal(ranks[0][k], ranks[1][k])]
     assert len(differing) > len(estimates) // 2, "BCN estimates must stay per rank (unsynchronized)"
+    # StatDiff through mmengine's visualizer into vis_data/scalars.json
+    lines = [json.loads(l) for l in sorted(work.glob("*/vis_data/scalars.json"))[-1].read_text().splitlines()]
+    logged = [r for r in lines if "statdiff/mean" in r]
+    assert [r["step"] for r in logged] == [2, 4]
+    assert sum(k.startswith("statdiff/backbone.layer") for k in logged[-1]) > 10
