@@ -16,13 +16,24 @@ import torch
 from torch import nn
 
 from . import functional as BF
+from . import fused
 
 MODES = ("batch", "estimate")
 AFFINES = ("group", "channel")
+IMPLS = ("fused", "reference")
 
 
 class EstimateRateNotSetWarning(UserWarning):
     pass
+
+
+def _warn_rate_not_set(layer) -> None:
+    warnings.warn(
+        "BCN in estimate mode is training but its estimate rate was never set, so it falls back "
+        f"to momentum={layer.momentum}. The paper sets the rate to the learning rate every "
+        "iteration: call bcn.set_estimate_rate(model, lr) before each step, or use the framework "
+        "hook (bcn_det.EstimateRateHook, bcn_seg.EstimateRateHook).",
+        EstimateRateNotSetWarning, stacklevel=4)
 
 
 class EstimateBatchNorm2d(nn.BatchNorm2d):
@@ -52,15 +63,7 @@ class EstimateBatchNorm2d(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
             if not self.rate_is_set:
-                warnings.warn(
-                    "BCN in estimate mode is training but its estimate rate was never set, so "
-                    f"it falls back to momentum={self.momentum}. The paper sets the rate to the "
-                    "learning rate every iteration: call bcn.set_estimate_rate(model, lr) "
-                    "before each step, or use the framework hook (bcn_det.EstimateRateHook, "
-                    "bcn_seg.EstimateRateHook).",
-                    EstimateRateNotSetWarning,
-                    stacklevel=2,
-                )
+                _warn_rate_not_set(self)
             with torch.no_grad():
                 mean, var = BF.estimate_moments(x, self.running_mean)
                 new_mean, new_var = BF.update_estimates(
@@ -87,14 +90,22 @@ class BatchChannelNorm2d(nn.GroupNorm):
             or "channel" -- one per channel, shape (C,).
         sync_batch: in batch mode, synchronize step 1's statistics across processes
             (nn.SyncBatchNorm), as the published segmentation models were trained.
+        impl: "reference" -- pbn's forward, then F.group_norm; or "fused" -- both steps in
+            two passes over the map, forward and backward (bcn.fused). Same numerics (tests).
+            "fused" is opt-in: in eager PyTorch on CPU it measured no faster than the
+            reference (tools/benchmark_norm.py); it is the formulation a fused kernel would
+            implement. SyncBatchNorm and momentum=None always take the reference path.
     """
 
     _abbr_ = "bn"  # mmcv layer names (bn1, bn2, ...) then equal torchvision's and the checkpoints'
 
     def __init__(self, num_channels: int, num_groups: int = 32, eps: float = 1e-5,
                  momentum: float = 0.1, mode: str = "batch", affine: str = "group",
-                 sync_batch: bool = False):
+                 sync_batch: bool = False, impl: str = "reference"):
         check_bcn_args(num_channels, num_groups, mode, affine)
+        if impl not in IMPLS:
+            raise ValueError(f"unknown BCN impl {impl!r}; choose one of {IMPLS}")
+        self.impl = impl
         if sync_batch and mode != "batch":
             raise ValueError("BCN: sync_batch=True needs mode='batch'; estimate mode keeps its "
                              "estimates per process, as in the paper")
@@ -128,9 +139,52 @@ class BatchChannelNorm2d(nn.GroupNorm):
         # Statistics in float32 under mixed precision; the result goes back to the input dtype.
         autocast = torch.is_autocast_enabled(x.device.type)
         with torch.autocast(x.device.type, enabled=False) if autocast else nullcontext():
-            y = self._batch_part(x.float() if autocast else x)
-            y = BF.group_normalize(y, self.num_groups, self.weight, self.bias, self.eps)
+            x32 = x.float() if autocast else x
+            if self.impl == "fused" and type(self.pbn) in (nn.BatchNorm2d, EstimateBatchNorm2d) \
+                    and self.pbn.momentum is not None:
+                y = self._fused(x32)
+            else:
+                y = self._batch_part(x32)
+                y = BF.group_normalize(y, self.num_groups, self.weight, self.bias, self.eps)
         return y.to(x.dtype)
+
+    def _fused(self, x: torch.Tensor) -> torch.Tensor:
+        """Both steps in two passes (bcn.fused), with the running state updated as the
+        reference path does -- BatchNorm's momentum and unbiased variance in batch mode,
+        Algorithm 1 in estimate mode -- and guarded against non-finite batches the same way."""
+        pbn = self.pbn
+        args = (self.num_groups, pbn.weight, pbn.bias, self.weight, self.bias, self.eps)
+        if not pbn.training:
+            return fused.batch_channel_norm(x, *args, pbn.running_mean, pbn.running_var)[0]
+        sample = fused.moments(x)
+        if isinstance(pbn, EstimateBatchNorm2d):
+            if not pbn.rate_is_set:
+                _warn_rate_not_set(pbn)
+            m, v = sample
+            with torch.no_grad():
+                batch_mean = m.mean(0)
+                around_old = v.mean(0) + (m - pbn.running_mean).pow(2).mean(0)
+                new = BF.update_estimates(pbn.running_mean, pbn.running_var, batch_mean, around_old, pbn.rate)
+                self._commit(new)
+            return fused.batch_channel_norm(x, *args, pbn.running_mean.clone(), pbn.running_var.clone(),
+                                            sample_moments=sample)[0]
+        y, batch_mean, batch_var = fused.batch_channel_norm(x, *args, sample_moments=sample)
+        with torch.no_grad():
+            count = x.numel() // x.shape[1]
+            unbiased = batch_var * (count / max(count - 1, 1))
+            r = pbn.momentum
+            self._commit(((1 - r) * pbn.running_mean + r * batch_mean,
+                          (1 - r) * pbn.running_var + r * unbiased))
+        return y
+
+    def _commit(self, new) -> None:
+        """Write new running mean/var (and count the batch) unless they are not finite."""
+        pbn = self.pbn
+        finite = torch.isfinite(new[0]).all() & torch.isfinite(new[1]).all()
+        pbn.running_mean.copy_(torch.where(finite, new[0], pbn.running_mean))
+        pbn.running_var.copy_(torch.where(finite, new[1], pbn.running_var))
+        pbn.num_batches_tracked.add_(finite.long())
+        self.skipped_updates.add_((~finite).long())
 
 
     def _batch_part(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,105 @@
+#!/usr/bin/env python
+"""BCN against nn.GroupNorm, nn.BatchNorm2d and the plain composition, at Mask R-CNN R50-FPN
+shapes: training (forward + backward) and eval (forward), as ratios to GroupNorm.
+
+    python tools/benchmark_norm.py [--repeats 15] [--out output/benchmark_norm.md]
+
+Candidates run interleaved in a shuffled order within each repeat, and each ratio is the
+median over repeats of the per-repeat ratio, so machine noise hits all candidates alike.
+float32 on the CPU; float16 and bfloat16 (autocast) on a GPU when there is one.
+"""
+import argparse
+import random
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import bcn
+
+SHAPES = [(1, 256, 200, 336), (2, 256, 100, 168), (4, 512, 32, 32), (1, 2048, 25, 42)]
+
+
+def candidates(channels, device):
+    def bcn_layer(mode, impl):
+        layer = bcn.BatchChannelNorm2d(channels, 32, mode=mode, impl=impl)
+        bcn.set_estimate_rate(layer, 0.01)
+        return layer
+    layers = {
+        "GroupNorm": nn.GroupNorm(32, channels),
+        "BatchNorm2d": nn.BatchNorm2d(channels),
+        "BCN composition (reference)": bcn_layer("batch", "reference"),
+        "BCN batch (fused)": bcn_layer("batch", "fused"),
+        "BCN estimate (fused)": bcn_layer("estimate", "fused"),
+    }
+    return {name: layer.to(device) for name, layer in layers.items()}
+
+
+def run_once(layer, x, grad, training, dtype, device):
+    layer.train(training)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    autocast = torch.autocast(device, dtype=dtype) if dtype != torch.float32 else torch.autocast(device, enabled=False)
+    sync()
+    start = time.perf_counter()
+    with autocast:
+        if training:
+            layer(x).backward(grad)
+        else:
+            with torch.no_grad():
+                layer(x)
+    sync()
+    return time.perf_counter() - start
+
+
+def bench(shape, training, dtype, device, repeats):
+    layers = candidates(shape[1], device)
+    x = torch.randn(shape, device=device, dtype=dtype if device == "cuda" else torch.float32)
+    x.requires_grad_(training)
+    grad = torch.randn_like(x)
+    for layer in layers.values():  # warm-up
+        run_once(layer, x, grad, training, dtype, device)
+    times = {name: [] for name in layers}
+    for _ in range(repeats):
+        order = list(layers)
+        random.shuffle(order)
+        for name in order:
+            times[name].append(run_once(layers[name], x, grad, training, dtype, device))
+            x.grad = None
+    ratios = {name: statistics.median(t / g for t, g in zip(times[name], times["GroupNorm"])) for name in layers}
+    return {name: (statistics.median(times[name]), ratios[name]) for name in layers}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--shapes", default=None, help="e.g. 2x256x100x168,4x512x32x32")
+    parser.add_argument("--out", default="output/benchmark_norm.md")
+    args = parser.parse_args(argv)
+    shapes = SHAPES if not args.shapes else [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+    settings = [("cpu", torch.float32)]
+    if torch.cuda.is_available():
+        settings += [("cuda", torch.float16), ("cuda", torch.bfloat16)]
+    lines = [f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.repeats} repeats; "
+             "time: median ms; ratio: median of per-repeat ratios to GroupNorm", ""]
+    for device, dtype in settings:
+        for training in (True, False):
+            header = f"{device} {str(dtype).split('.')[-1]} {'training (fwd+bwd)' if training else 'eval (fwd)'}"
+            names = None
+            rows = []
+            for shape in shapes:
+                result = bench(shape, training, dtype, device, args.repeats)
+                names = list(result)
+                rows.append("| " + "x".join(map(str, shape)) + " | " + " | ".join(
+                    f"{t * 1e3:.1f} ms ({r:.2f}x)" for t, r in result.values()) + " |")
+            lines += [f"### {header}", "", "| shape | " + " | ".join(names) + " |",
+                      "|---" * (len(names) + 1) + "|", *rows, ""]
+            print("\n".join(lines[-len(rows) - 4:]), flush=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text("\n".join(lines) + "\n")
+    print(f"saved {args.out}")
+
+
+if __name__ == "__main__":
+    main()
