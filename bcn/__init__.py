@@ -2,7 +2,7 @@
 
 The detectron2 adapter (bcn_det) and the MMSegmentation adapter (bcn_seg) build on these.
 """
-from . import functional
+from . import functional, fold, fused
 from .conv import WSConv2d
 from .convert import (bcn_learning_rate, convert_to_estimate_mode, estimate_layers, freeze_batch_channel_norm,
                       replace_batchnorm, set_estimate_rate)

@@ -10,7 +10,8 @@ from .compat import has_fast_coco_eval, launch
 from .config import add_bcn_config
 from .hooks import EstimateRateHook, StatDiffHook
 from .modeling import (BCNConvFCHead, BCNMaskRCNNConvUpsampleHead, WSConv2d,
-                       build_bcn_resnet_backbone, build_bcn_resnet_fpn_backbone, check_bcn_config)
+                       build_bcn_resnet_backbone, build_bcn_resnet_fpn_backbone, check_bcn_config,
+                       fold_bcn)
 from .toy import ensure_toy_coco, register_toy_coco
 
 register_toy_coco()
@@ -18,5 +19,5 @@ register_toy_coco()
 __all__ = [
     "add_bcn_config", "EstimateRateHook", "StatDiffHook", "BCNConvFCHead", "BCNMaskRCNNConvUpsampleHead",
     "WSConv2d", "build_bcn_resnet_backbone", "build_bcn_resnet_fpn_backbone",
-    "check_bcn_config", "launch", "has_fast_coco_eval", "ensure_toy_coco", "register_toy_coco",
+    "check_bcn_config", "fold_bcn", "launch", "has_fast_coco_eval", "ensure_toy_coco", "register_toy_coco",
 ]

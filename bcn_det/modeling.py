@@ -192,3 +192,21 @@ def _head_with_bcn(base, section: str):
 BCNConvFCHead = ROI_BOX_HEAD_REGISTRY.register(_head_with_bcn(FastRCNNConvFCHead, "ROI_BOX_HEAD"))
 BCNMaskRCNNConvUpsampleHead = ROI_MASK_HEAD_REGISTRY.register(
     _head_with_bcn(MaskRCNNConvUpsampleHead, "ROI_MASK_HEAD"))
+
+
+@torch.no_grad()
+def fold_bcn(model: torch.nn.Module) -> torch.nn.Module:
+    """For eval and export: fold WS and BCN's batch part into every detectron2 Conv2d whose
+    norm is BCN, leaving a plain Conv2d with an nn.GroupNorm (bcn.fold). In place, so the
+    lists detectron2 keeps its convs in stay valid."""
+    from bcn.fold import FOLDABLE, folded_parameters
+
+    for m in model.modules():
+        if isinstance(m, Conv2d) and isinstance(m.norm, FOLDABLE):
+            weight, bias, group_norm = folded_parameters(m, m.norm)
+            m.__class__ = Conv2d
+            m.__dict__.pop("ws_eps", None), m.__dict__.pop("ws_form", None)
+            m.weight = torch.nn.Parameter(weight)
+            m.bias = torch.nn.Parameter(bias)
+            m.norm = group_norm
+    return model

@@ -8,8 +8,9 @@ Registers (mmengine root registries, visible from the mmseg scope):
 """
 from . import compat  # noqa: F401  (first: mmseg imports need it)
 from .checkpoint import BCNPretrainedInit
+from .fold import fold_bcn
 from .hooks import EstimateRateHook, StatDiffHook
 from .registry import BCN_TYPES, CONV_TYPES
 from .toy import ToyVOCDataset, ensure_toy_voc
 
-__all__ = ["BCNPretrainedInit", "EstimateRateHook", "StatDiffHook", "ToyVOCDataset", "ensure_toy_voc", "BCN_TYPES", "CONV_TYPES"]
+__all__ = ["fold_bcn", "BCNPretrainedInit", "EstimateRateHook", "StatDiffHook", "ToyVOCDataset", "ensure_toy_voc", "BCN_TYPES", "CONV_TYPES"]
