@@ -7,7 +7,7 @@ Registered builders (name them in a config):
 Datasets: bcn_toy_coco_train, bcn_toy_coco_val (generated on first use).
 """
 from .compat import has_fast_coco_eval, launch
-from .config import add_bcn_config
+from .config import add_bcn_config, load_config
 from .hooks import EstimateRateHook, StatDiffHook
 from .modeling import (BCNConvFCHead, BCNMaskRCNNConvUpsampleHead, WSConv2d,
                        build_bcn_resnet_backbone, build_bcn_resnet_fpn_backbone, check_bcn_config,
@@ -17,7 +17,7 @@ from .toy import ensure_toy_coco, register_toy_coco
 register_toy_coco()
 
 __all__ = [
-    "add_bcn_config", "EstimateRateHook", "StatDiffHook", "BCNConvFCHead", "BCNMaskRCNNConvUpsampleHead",
+    "add_bcn_config", "load_config", "EstimateRateHook", "StatDiffHook", "BCNConvFCHead", "BCNMaskRCNNConvUpsampleHead",
     "WSConv2d", "build_bcn_resnet_backbone", "build_bcn_resnet_fpn_backbone",
     "check_bcn_config", "fold_bcn", "launch", "has_fast_coco_eval", "ensure_toy_coco", "register_toy_coco",
 ]

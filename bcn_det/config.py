@@ -37,3 +37,13 @@ def add_bcn_config(cfg: CN) -> CN:
     # The toy dataset's location (bcn_det.toy); empty: $DETECTRON2_DATASETS/bcn_toy_coco.
     cfg.DATASETS.TOY_ROOT = ""
     return cfg
+
+
+def load_config(path: str, opts=()) -> CN:
+    """detectron2's config with bcn_det's keys, ``path`` merged, then ``KEY VALUE`` opts."""
+    from detectron2.config import get_cfg
+
+    cfg = add_bcn_config(get_cfg())
+    cfg.merge_from_file(path)
+    cfg.merge_from_list(list(opts))
+    return cfg

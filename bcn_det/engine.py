@@ -6,13 +6,12 @@ import os
 import weakref
 
 import torch
-from detectron2.config import get_cfg
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup
 from detectron2.evaluation import COCOEvaluator
 
 from .checkpoint import BCNCheckpointer
 from .compat import has_fast_coco_eval, launch
-from .config import add_bcn_config
+from .config import load_config
 from .hooks import EstimateRateHook, StatDiffHook
 from .modeling import check_bcn_config
 from .toy import register_toy_coco
@@ -50,10 +49,7 @@ class Trainer(DefaultTrainer):
 
 
 def setup(args):
-    cfg = get_cfg()
-    add_bcn_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = load_config(args.config_file, args.opts)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logger.warning("CUDA is not available: training on the CPU (MODEL.DEVICE cpu)")
         cfg.MODEL.DEVICE = "cpu"

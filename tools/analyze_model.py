@@ -17,7 +17,6 @@ import bcn
 
 
 def analyze_detectron2(args):
-    from detectron2.config import get_cfg
     from detectron2.data import build_detection_test_loader
     from detectron2.layers import FrozenBatchNorm2d
     from detectron2.modeling import build_model
@@ -25,10 +24,7 @@ def analyze_detectron2(args):
     import bcn_det
     from bcn_det.checkpoint import BCNCheckpointer
 
-    cfg = get_cfg()
-    bcn_det.add_bcn_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = bcn_det.load_config(args.config_file, args.opts)
     if not torch.cuda.is_available():
         cfg.MODEL.DEVICE = "cpu"
     bcn_det.register_toy_coco(cfg.DATASETS.TOY_ROOT or None)

@@ -1,20 +1,16 @@
 import pytest
 
 pytest.importorskip("detectron2")
-from detectron2.config import get_cfg  # noqa: E402
 
 import bcn_det  # noqa: E402
+from bcn_det.config import load_config  # noqa: E402
 from bcn_det.toy import ensure_toy_coco, register_toy_coco  # noqa: E402
 
 TOY_CONFIG = "configs/detectron2/toy/mask_rcnn_R18_FPN_bcn_ws_toy.yaml"
 
 
 def load_cfg(path, *opts):
-    cfg = get_cfg()
-    bcn_det.add_bcn_config(cfg)
-    cfg.merge_from_file(path)
-    cfg.merge_from_list(list(opts))
-    return cfg
+    return load_config(path, opts)
 
 
 @pytest.fixture(scope="session")
