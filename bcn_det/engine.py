@@ -59,8 +59,42 @@ def setup(args):
     return cfg
 
 
+def check_output_dir(cfg, args) -> None:
+    """Never overwrite a run's checkpoints by accident."""
+    last = os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")
+    if not args.eval_only and not args.resume and not args.overwrite and os.path.exists(last):
+        with open(last) as f:
+            name = f.read().strip()
+        raise SystemExit(f"{cfg.OUTPUT_DIR} already holds a training run (last checkpoint {name}): "
+                         "pass --resume to continue it, --overwrite to start again over it, or "
+                         "choose another OUTPUT_DIR")
+
+
+def check_datasets(cfg) -> None:
+    """A dataset whose files are missing fails here, naming them and the fix, before any work."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
+        if name not in DatasetCatalog.list():
+            raise SystemExit(f"dataset {name!r} is not registered (known: e.g. coco_2017_train, "
+                             "coco_2017_val, bcn_toy_coco_train)")
+        if name.startswith("bcn_toy_"):
+            continue  # generated on first use
+        meta = MetadataCatalog.get(name)
+        for key in ("json_file", "image_root"):
+            path = meta.get(key, None)
+            if path and "://" not in path and not os.path.exists(path):
+                raise SystemExit(
+                    f"dataset {name!r}: {key} {path} does not exist. detectron2 reads its builtin "
+                    "datasets under $DETECTRON2_DATASETS (now "
+                    f"{os.environ.get('DETECTRON2_DATASETS', 'datasets')}), e.g. coco/annotations "
+                    "and coco/val2017 there")
+
+
 def main(args):
     cfg = setup(args)
+    check_output_dir(cfg, args)
+    check_datasets(cfg)
     if args.eval_only:
         model = Trainer.build_model(cfg)
         BCNCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
@@ -76,6 +110,8 @@ def argument_parser():
     parser.description = ("Train / evaluate detectron2 models with BCN and WS. --num-gpus is the "
                           "number of processes per machine: GPUs (NCCL) or, without CUDA, CPU "
                           "processes (gloo).")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start a new run in an OUTPUT_DIR that holds one, overwriting it")
     return parser
 
 

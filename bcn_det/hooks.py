@@ -1,4 +1,6 @@
 """Training hooks for detectron2."""
+import logging
+
 from detectron2.engine import HookBase
 
 import bcn
@@ -10,7 +12,22 @@ class EstimateRateHook(HookBase):
 
     tools/train_net.py adds it. In a trainer of your own:
     ``trainer.register_hooks([bcn_det.EstimateRateHook()])``.
+
+    Every ``check_period`` iterations it also reports batches whose non-finite statistics BCN
+    refused: a warning the first time, the total as ``bcn/skipped_updates`` in EventStorage.
     """
+
+    def __init__(self, check_period: int = 20):
+        self.check_period = check_period
+        self.reporter = bcn.SkippedUpdateReporter()
+
+    def after_step(self):
+        if (self.trainer.iter + 1) % self.check_period == 0:
+            message, total = self.reporter.check(self.trainer.model)
+            if message:
+                logging.getLogger("bcn_det").warning(message)
+            if total is not None:
+                self.trainer.storage.put_scalar("bcn/skipped_updates", total, smoothing_hint=False)
 
     def before_step(self):
         model = self.trainer.model

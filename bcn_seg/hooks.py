@@ -11,9 +11,24 @@ class EstimateRateHook(Hook):
     to the current learning rate (BCN_SPEC §1b), following warm-up and the poly decay.
 
     In a config: ``custom_hooks = [dict(type='EstimateRateHook')]``.
+
+    Every ``check_interval`` iterations it also reports batches whose non-finite statistics BCN
+    refused: a warning the first time, the total as ``train/bcn_skipped_updates``.
     """
 
     priority = "HIGH"
+
+    def __init__(self, check_interval: int = 20):
+        self.check_interval = check_interval
+        self.reporter = bcn.SkippedUpdateReporter()
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        if (runner.iter + 1) % self.check_interval == 0:
+            message, total = self.reporter.check(runner.model)
+            if message:
+                runner.logger.warning(message)
+            if total is not None:
+                runner.message_hub.update_scalar("train/bcn_skipped_updates", total)
 
     def before_train_iter(self, runner, batch_idx, data_batch=None):
         model = runner.model

@@ -24,6 +24,8 @@ def parse_args(test: bool):
     parser.add_argument("--work-dir", help="where to save logs and checkpoints")
     if not test:
         parser.add_argument("--resume", action="store_true", help="resume from the last checkpoint of work-dir")
+        parser.add_argument("--overwrite", action="store_true",
+                            help="start a new run in a work-dir that holds one, overwriting it")
     parser.add_argument("--data-root", help="dataset root (else $VOC_ROOT, else the config's)")
     parser.add_argument("--cfg-options", nargs="+", action=DictAction, help="override config keys")
     parser.add_argument("--launcher", choices=["none", "pytorch"], default="none")
@@ -60,6 +62,8 @@ def load_config(args) -> Config:
     for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
         if cfg.get(loader) and cfg[loader].get("num_workers", 0) == 0:
             cfg[loader]["persistent_workers"] = False  # invalid without workers
+        if cfg.get(loader):
+            _check_data_root(cfg[loader]["dataset"], loader)
     if args.launcher != "none" and not torch.cuda.is_available():
         cfg.env_cfg.setdefault("dist_cfg", {})["backend"] = "gloo"
         wrapper = cfg.get("model_wrapper_cfg") or dict(type="MMDistributedDataParallel")
@@ -67,6 +71,31 @@ def load_config(args) -> Config:
         wrapper.setdefault("broadcast_buffers", False)
         cfg.model_wrapper_cfg = wrapper
     return cfg
+
+
+def _check_data_root(dataset, loader):
+    """A missing dataset fails here, naming the path and the fix, before any work."""
+    if "datasets" in dataset:
+        for d in dataset["datasets"]:
+            _check_data_root(d, loader)
+    elif "dataset" in dataset:
+        _check_data_root(dataset["dataset"], loader)
+    elif dataset.get("type") != "ToyVOCDataset":  # the toy set is generated on first use
+        root = dataset.get("data_root")
+        if root and not osp.isdir(root):
+            raise SystemExit(f"{loader}: data_root {root} does not exist: pass --data-root, set "
+                             "VOC_ROOT, or fix the config's data_root")
+
+
+def check_work_dir(cfg, args) -> None:
+    """Never overwrite a run's checkpoints by accident."""
+    last = osp.join(cfg.work_dir, "last_checkpoint")
+    if osp.exists(last) and not args.resume and not args.overwrite:
+        with open(last) as f:
+            name = f.read().strip()
+        raise SystemExit(f"{cfg.work_dir} already holds a training run (last checkpoint {name}): "
+                         "pass --resume to continue it, --overwrite to start again over it, or "
+                         "choose another --work-dir")
 
 
 def _set_data_root(dataset, root):
@@ -127,6 +156,7 @@ def run(test: bool) -> None:
         if test:
             cfg.load_from = args.checkpoint
         else:
+            check_work_dir(cfg, args)
             cfg.resume = args.resume
         runner = Runner.from_cfg(cfg)
         runner.test() if test else runner.train()

@@ -1,0 +1,83 @@
+"""Fault tests: bad batches, bad runs directories, missing datasets (marker: fault)."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+import bcn
+
+pytestmark = pytest.mark.fault
+
+
+def small_net():
+    torch.manual_seed(0)
+    return nn.Sequential(bcn.WSConv2d(3, 32, 3, padding=1, bias=False),
+                         bcn.BatchChannelNorm2d(32, 8, mode="estimate"), nn.ReLU(),
+                         bcn.WSConv2d(32, 32, 3, padding=1, bias=False),
+                         bcn.BatchChannelNorm2d(32, 8, mode="estimate"), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 2))
+
+
+def train(batches):
+    """A training loop that, like AMP's GradScaler, skips the step of a non-finite loss."""
+    model = small_net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    for x, y in batches:
+        bcn.set_estimate_rate(model, 0.05)
+        loss = nn.functional.cross_entropy(model(x), y)
+        if torch.isfinite(loss):
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_poisoned_batch_mid_training_changes_nothing_but_the_counter(bad):
+    torch.manual_seed(1)
+    batches = [(torch.randn(2, 3, 8, 8), torch.randint(0, 2, (2,))) for _ in range(6)]
+    poisoned = batches[2][0].clone()
+    poisoned[1, 0, 3, 3] = bad
+    clean = train(batches)
+    hit = train(batches[:3] + [(poisoned, batches[2][1])] + batches[3:])
+    for (key, a), b in zip(clean.state_dict().items(), hit.state_dict().values()):
+        assert torch.equal(a, b), key
+    assert bcn.skipped_updates(hit) == 2  # both BCN layers refused the one batch
+    message, total = bcn.SkippedUpdateReporter().check(hit)
+    assert total == 2 and "NaN/inf" in message
+
+
+def run(*args, env=None):
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, **(env or {})))
+
+
+def test_train_net_refuses_to_overwrite_a_run_and_names_missing_datasets(tmp_path):
+    config = "configs/detectron2/toy/mask_rcnn_R18_FPN_bcn_ws_toy.yaml"
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "last_checkpoint").write_text("model_0000099.pth")
+    result = run("tools/train_net.py", "--config-file", config, "OUTPUT_DIR", str(out))
+    assert result.returncode != 0
+    assert "already holds a training run (last checkpoint model_0000099.pth)" in result.stderr
+    assert "--resume" in result.stderr and "--overwrite" in result.stderr
+    assert (out / "last_checkpoint").read_text() == "model_0000099.pth"
+    result = run("tools/train_net.py", "--config-file", config, "OUTPUT_DIR", str(tmp_path / "new"),
+                 "DATASETS.TRAIN", "('coco_2017_train',)", env={"DETECTRON2_DATASETS": str(tmp_path / "none")})
+    assert result.returncode != 0
+    assert "dataset 'coco_2017_train': json_file" in result.stderr and "DETECTRON2_DATASETS" in result.stderr
+
+
+def test_train_seg_refuses_to_overwrite_a_run_and_names_a_missing_data_root(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "last_checkpoint").write_text(str(work / "iter_100.pth"))
+    result = run("tools/train_seg.py", "configs/mmseg/toy/deeplabv3_r18_bcn_ws_toy.py", "--work-dir", str(work))
+    assert result.returncode != 0 and "already holds a training run" in result.stderr
+    result = run("tools/train_seg.py", "configs/mmseg/voc/deeplabv3_r101_bcn_ws_4xb4-30k_voc12aug-513x513.py",
+                 "--work-dir", str(tmp_path / "voc"), "--data-root", str(tmp_path / "VOC2012"))
+    assert result.returncode != 0
+    assert f"data_root {tmp_path / 'VOC2012'} does not exist: pass --data-root, set VOC_ROOT" in result.stderr
