@@ -55,15 +55,28 @@ def test_resume_restores_bcn_estimates_and_iteration(toy_cfg):
     assert resumed.scheduler.last_epoch == trainer.scheduler.last_epoch
 
 
-def test_two_cpu_processes_share_parameters_but_not_estimates(toy_root, tmp_path):
+def free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("layout", ["1 machine x 2 processes", "2 machines x 1 process"])
+def test_two_cpu_processes_share_parameters_but_not_estimates(toy_root, tmp_path, layout):
     out = tmp_path / "ddp"
     out.mkdir()
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    subprocess.run(
-        [sys.executable, "-m", "tests.det.two_rank_job", str(out), "2", "DATASETS.TOY_ROOT", str(toy_root),
-         "DATASETS.TEST", "()", "SOLVER.MAX_ITER", "3", "SOLVER.IMS_PER_BATCH", "2",
-         "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32", "SEED", "3"],
-        check=True, env=env, timeout=600)
+    opts = ["DATASETS.TOY_ROOT", str(toy_root), "DATASETS.TEST", "()", "SOLVER.MAX_ITER", "3",
+            "SOLVER.IMS_PER_BATCH", "2", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32", "SEED", "3"]
+    job = [sys.executable, "-m", "tests.det.two_rank_job", str(out)]
+    if layout.startswith("1 machine"):
+        subprocess.run(job + ["2", "1", "0", "auto"] + opts, check=True, env=env, timeout=600)
+    else:  # the multi-node path: two launches joined by the tcp:// rendezvous, as on two hosts
+        url = f"tcp://127.0.0.1:{free_port()}"
+        procs = [subprocess.Popen(job + ["1", "2", str(rank), url] + opts, env=env) for rank in (0, 1)]
+        assert [p.wait(timeout=600) for p in procs] == [0, 0]
     ranks = [torch.load(out / f"rank{r}.pth", weights_only=True) for r in (0, 1)]
     params = [k for k in ranks[0] if "running" not in k and "num_batches" not in k]
     for key in params:

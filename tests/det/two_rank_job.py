@@ -21,5 +21,7 @@ def main(out_dir, opts):
 
 
 if __name__ == "__main__":
-    out_dir, nprocs, *opts = sys.argv[1:]
-    bcn_det.launch(main, int(nprocs), dist_url="auto", args=(out_dir, opts))
+    # out_dir processes_per_machine machines machine_rank dist_url [KEY VALUE ...]
+    out_dir, nprocs, machines, machine_rank, dist_url, *opts = sys.argv[1:]
+    bcn_det.launch(main, int(nprocs), num_machines=int(machines), machine_rank=int(machine_rank),
+                   dist_url=dist_url, args=(out_dir, opts))
