@@ -85,3 +85,17 @@ def test_two_cpu_processes_share_parameters_but_not_estimates(toy_root, tmp_path
     assert estimates
     differing = [k for k in estimates if not torch.equal(ranks[0][k], ranks[1][k])]
     assert len(differing) > len(estimates) // 2, "BCN estimates must stay per rank (unsynchronized)"
+
+
+def test_a_dead_rank_ends_the_job_instead_of_hanging(toy_root, tmp_path):
+    import time
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", BCN_TEST_KILL_RANK1_AT="2")
+    opts = ["DATASETS.TOY_ROOT", str(toy_root), "DATASETS.TEST", "()", "SOLVER.MAX_ITER", "50",
+            "SOLVER.IMS_PER_BATCH", "2", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32"]
+    start = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "tests.det.two_rank_job", str(tmp_path), "2", "1", "0",
+                             "auto"] + opts, env=env, timeout=300, capture_output=True, text=True)
+    assert result.returncode != 0, "the job must fail when a rank dies"
+    assert time.monotonic() - start < 240
+    assert "SIGKILL" in result.stderr or "Signal 9" in result.stderr or "signal" in result.stderr.lower()

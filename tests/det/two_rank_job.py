@@ -1,8 +1,11 @@
 """Run by test_training.py: train the toy model in N CPU processes (gloo) through bcn_det's
 launcher, then save each rank's model state, so the test can compare ranks."""
+import os
+import signal
 import sys
 
 import torch
+from detectron2.engine import HookBase
 from detectron2.utils import comm
 
 import bcn_det
@@ -10,11 +13,24 @@ from bcn_det.engine import Trainer
 from tests.det.conftest import load_cfg, TOY_CONFIG
 
 
+class DieHook(HookBase):
+    """Fault injection: rank 1 is SIGKILLed before iteration ``at``, as a crashed GPU would be."""
+
+    def __init__(self, at):
+        self.at = at
+
+    def before_step(self):
+        if comm.get_rank() == 1 and self.trainer.iter == self.at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
 def main(out_dir, opts):
     bcn_det.register_toy_coco(opts[opts.index("DATASETS.TOY_ROOT") + 1])
     cfg = load_cfg(TOY_CONFIG, "OUTPUT_DIR", out_dir, *opts)
     cfg.freeze()
     trainer = Trainer(cfg)
+    if os.environ.get("BCN_TEST_KILL_RANK1_AT"):
+        trainer.register_hooks([DieHook(int(os.environ["BCN_TEST_KILL_RANK1_AT"]))])
     trainer.train()
     model = trainer.model.module if hasattr(trainer.model, "module") else trainer.model
     torch.save(model.state_dict(), f"{out_dir}/rank{comm.get_rank()}.pth")

@@ -91,3 +91,19 @@ def test_torchrun_two_cpu_processes(toy_options, toy_voc, tmp_path):
     logged = [r for r in lines if "statdiff/mean" in r]
     assert [r["step"] for r in logged] == [2, 4]
     assert sum(k.startswith("statdiff/backbone.layer") for k in logged[-1]) > 10
+
+
+def test_a_dead_rank_ends_the_torchrun_job_instead_of_hanging(toy_options, toy_voc, tmp_path):
+    import time
+
+    from tests.seg.conftest import derived_config
+
+    config = derived_config(
+        tmp_path, custom_imports=dict(imports=["bcn_seg", "tests.seg.rank_dump"]),
+        custom_hooks=[dict(type="EstimateRateHook"), dict(type="KillRankHook", rank=1, at=2)])
+    options = dict(toy_options, **{"train_cfg.max_iters": 50, "train_cfg.val_interval": 100,
+                                   "train_dataloader.batch_size": 2})
+    start = time.monotonic()
+    with pytest.raises(subprocess.CalledProcessError):
+        run_tool("train_seg.py", config, "--data-root", str(toy_voc), *cli_options(options), nproc=2)
+    assert time.monotonic() - start < 240
