@@ -8,7 +8,7 @@ Datasets: bcn_toy_coco_train, bcn_toy_coco_val (generated on first use).
 """
 from .compat import has_fast_coco_eval, launch
 from .config import add_bcn_config, load_config
-from .hooks import EstimateRateHook, StatDiffHook
+from .hooks import EstimateRateHook, ExactResumeHook, StatDiffHook
 from .modeling import (BCNConvFCHead, BCNMaskRCNNConvUpsampleHead, WSConv2d,
                        build_bcn_resnet_backbone, build_bcn_resnet_fpn_backbone, check_bcn_config,
                        fold_bcn)
@@ -17,7 +17,7 @@ from .toy import ensure_toy_coco, register_toy_coco
 register_toy_coco()
 
 __all__ = [
-    "add_bcn_config", "load_config", "EstimateRateHook", "StatDiffHook", "BCNConvFCHead", "BCNMaskRCNNConvUpsampleHead",
+    "add_bcn_config", "load_config", "EstimateRateHook", "ExactResumeHook", "StatDiffHook", "BCNConvFCHead", "BCNMaskRCNNConvUpsampleHead",
     "WSConv2d", "build_bcn_resnet_backbone", "build_bcn_resnet_fpn_backbone",
     "check_bcn_config", "fold_bcn", "launch", "has_fast_coco_eval", "ensure_toy_coco", "register_toy_coco",
 ]

@@ -88,3 +88,38 @@ def allow_cpu_ddp() -> None:
 
     create_ddp_model._bcn_cpu_ok = True
     defaults.create_ddp_model = create_ddp_model
+
+
+def data_loader_iterator(trainer):
+    """The iterator a SimpleTrainer draws its batches from (``_data_loader_iter`` in 0.6,
+    created in __init__; later versions make it ``_data_loader_iter_obj``, created lazily)."""
+    inner = getattr(trainer, "_trainer", trainer)
+    if hasattr(inner, "_data_loader_iter_obj"):
+        if inner._data_loader_iter_obj is None:
+            inner._data_loader_iter_obj = iter(inner.data_loader)
+        return inner._data_loader_iter_obj
+    return inner._data_loader_iter
+
+
+class OptimizerStateInCheckpoints:
+    """Mixin for DefaultTrainer subclasses. detectron2 0.6's DefaultTrainer checkpoints only
+    the iteration and hook states -- no optimizer state -- so a resumed run restarts SGD
+    momentum from zero. Later detectron2 saves ``_trainer`` (SimpleTrainer's state, with the
+    optimizer); this adds the same where DefaultTrainer lacks it, and does nothing otherwise."""
+
+    def _upstream_saves_optimizer(self):
+        from detectron2.engine import DefaultTrainer
+        from detectron2.engine.train_loop import TrainerBase
+
+        return DefaultTrainer.state_dict is not TrainerBase.state_dict
+
+    def state_dict(self):
+        ret = super().state_dict()
+        if not self._upstream_saves_optimizer():
+            ret["_trainer"] = self._trainer.state_dict()
+        return ret
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        if not self._upstream_saves_optimizer() and "_trainer" in state_dict:
+            self._trainer.load_state_dict(state_dict["_trainer"])

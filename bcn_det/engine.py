@@ -10,16 +10,16 @@ from detectron2.engine import DefaultTrainer, default_argument_parser, default_s
 from detectron2.evaluation import COCOEvaluator
 
 from .checkpoint import BCNCheckpointer
-from .compat import has_fast_coco_eval, launch
+from .compat import OptimizerStateInCheckpoints, has_fast_coco_eval, launch
 from .config import load_config
-from .hooks import EstimateRateHook, StatDiffHook
+from .hooks import EstimateRateHook, ExactResumeHook, StatDiffHook
 from .modeling import check_bcn_config
 from .toy import register_toy_coco
 
 logger = logging.getLogger("bcn_det")
 
 
-class Trainer(DefaultTrainer):
+class Trainer(OptimizerStateInCheckpoints, DefaultTrainer):
     @classmethod
     def build_model(cls, cfg):
         check_bcn_config(cfg)
@@ -36,9 +36,9 @@ class Trainer(DefaultTrainer):
         # also reads the published BCN+WS files, and the checkpoint hook must save through it.
         self.checkpointer = BCNCheckpointer(self.checkpointer.model, self.cfg.OUTPUT_DIR,
                                             trainer=weakref.proxy(self))
-        hooks = [EstimateRateHook()] + super().build_hooks()
+        hooks = [ExactResumeHook(), EstimateRateHook()] + super().build_hooks()
         if self.cfg.DIAGNOSTICS.STATDIFF_PERIOD > 0:
-            hooks.insert(1, StatDiffHook(self.cfg.DIAGNOSTICS.STATDIFF_PERIOD))
+            hooks.insert(2, StatDiffHook(self.cfg.DIAGNOSTICS.STATDIFF_PERIOD))
         return hooks
 
     def train(self):

@@ -61,3 +61,34 @@ class StatDiffHook(HookBase):
 
     def after_train(self):
         self.tracker.remove()
+
+
+class ExactResumeHook(HookBase):
+    """Makes a resumed run continue exactly as an uninterrupted one would: checkpoints carry
+    the RNG states (python, numpy, torch), and on resume the data loader is advanced past the
+    batches already trained on (detectron2 restarts it from the beginning) before those states
+    are restored. Bit-exact on CPU with a fixed SEED and a fixed thread count."""
+
+    def __init__(self):
+        self._pending = None
+
+    def state_dict(self):
+        from bcn.reproducibility import capture_rng_state
+
+        return {"rng": capture_rng_state()}
+
+    def load_state_dict(self, state_dict):
+        self._pending = state_dict.get("rng")
+
+    def before_step(self):
+        if self._pending is None:
+            return
+        from bcn.reproducibility import restore_rng_state
+
+        from .compat import data_loader_iterator
+
+        iterator = data_loader_iterator(self.trainer)
+        for _ in range(self.trainer.start_iter):
+            next(iterator)
+        restore_rng_state(self._pending)
+        self._pending = None

@@ -61,3 +61,34 @@ class StatDiffHook(Hook):
 
     def after_train(self, runner):
         self.tracker.remove()
+
+
+@HOOKS.register_module(force=True)
+class ExactResumeHook(Hook):
+    """Makes a resumed run continue exactly as an uninterrupted one. On resume mmengine replays
+    the data loader past the batches already trained on, which brings the data pipeline's
+    generators (python, numpy) to their exact state; the model's (torch: dropout, sampling)
+    are saved in checkpoints and restored at the first iteration after resume. (That
+    iteration's batch is fetched before any hook runs, so restoring python/numpy there would
+    rewind the pipeline by one batch.) Bit-exact on CPU with a fixed ``randomness.seed``.
+    In a config: ``custom_hooks = [..., dict(type='ExactResumeHook')]``."""
+
+    priority = "VERY_HIGH"
+
+    def __init__(self):
+        self._pending = None
+
+    def before_save_checkpoint(self, runner, checkpoint):
+        from bcn.reproducibility import capture_rng_state
+
+        checkpoint["bcn_rng_state"] = capture_rng_state()
+
+    def after_load_checkpoint(self, runner, checkpoint):
+        self._pending = checkpoint.get("bcn_rng_state")
+
+    def before_train_iter(self, runner, batch_idx, data_batch=None):
+        if self._pending is not None:
+            from bcn.reproducibility import restore_rng_state
+
+            restore_rng_state(self._pending, generators=("torch", "cuda"))
+            self._pending = None

@@ -14,13 +14,14 @@ from tests.det.conftest import load_cfg, TOY_CONFIG
 
 
 class DieHook(HookBase):
-    """Fault injection: rank 1 is SIGKILLed before iteration ``at``, as a crashed GPU would be."""
+    """Fault injection: rank ``rank`` is SIGKILLed before iteration ``at``, as a crashed
+    machine would be."""
 
-    def __init__(self, at):
-        self.at = at
+    def __init__(self, rank, at):
+        self.rank, self.at = rank, at
 
     def before_step(self):
-        if comm.get_rank() == 1 and self.trainer.iter == self.at:
+        if comm.get_rank() == self.rank and self.trainer.iter == self.at:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -28,9 +29,14 @@ def main(out_dir, opts):
     bcn_det.register_toy_coco(opts[opts.index("DATASETS.TOY_ROOT") + 1])
     cfg = load_cfg(TOY_CONFIG, "OUTPUT_DIR", out_dir, *opts)
     cfg.freeze()
+    from detectron2.utils.env import seed_all_rng
+
+    seed_all_rng(None if cfg.SEED < 0 else cfg.SEED + comm.get_rank())  # as default_setup does
     trainer = Trainer(cfg)
-    if os.environ.get("BCN_TEST_KILL_RANK1_AT"):
-        trainer.register_hooks([DieHook(int(os.environ["BCN_TEST_KILL_RANK1_AT"]))])
+    if os.environ.get("BCN_TEST_KILL_AT"):  # "rank:iteration"
+        rank, at = map(int, os.environ["BCN_TEST_KILL_AT"].split(":"))
+        trainer.register_hooks([DieHook(rank, at)])
+    trainer.resume_or_load(resume=True)  # continues a run in out_dir if there is one
     trainer.train()
     model = trainer.model.module if hasattr(trainer.model, "module") else trainer.model
     torch.save(model.state_dict(), f"{out_dir}/rank{comm.get_rank()}.pth")

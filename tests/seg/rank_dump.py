@@ -25,5 +25,6 @@ class KillRankHook(Hook):
         import os
         import signal
 
-        if dist.is_initialized() and dist.get_rank() == self.rank and runner.iter == self.at:
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        if rank == self.rank and runner.iter == self.at:
             os.kill(os.getpid(), signal.SIGKILL)

@@ -107,3 +107,39 @@ def test_a_dead_rank_ends_the_torchrun_job_instead_of_hanging(toy_options, toy_v
     with pytest.raises(subprocess.CalledProcessError):
         run_tool("train_seg.py", config, "--data-root", str(toy_voc), *cli_options(options), nproc=2)
     assert time.monotonic() - start < 240
+
+
+def test_killed_and_resumed_run_ends_bit_exact(toy_voc, tmp_path):
+    """SIGKILL before iteration 5 (last checkpoint at 3), resume with --resume in a fresh
+    process: parameters, BCN estimates, optimizer, schedule and iteration equal an
+    uninterrupted run's."""
+    from tests.seg.conftest import derived_config
+
+    hooks = [dict(type="EstimateRateHook"), dict(type="ExactResumeHook")]
+    options = {"train_cfg.max_iters": 8, "train_cfg.val_interval": 100,
+               "default_hooks.checkpoint.interval": 3, "train_dataloader.batch_size": 2}
+    runs = {}
+    for name, kill in (("straight", False), ("killed", True)):
+        directory = tmp_path / name
+        directory.mkdir()
+        config = derived_config(directory, custom_imports=dict(imports=["bcn_seg", "tests.seg.rank_dump"]),
+                                custom_hooks=hooks + ([dict(type="KillRankHook", rank=0, at=5)] if kill else []))
+        args = ["train_seg.py", config, "--data-root", str(toy_voc), "--work-dir", str(directory / "work"),
+                *cli_options(options)]
+        if kill:
+            with pytest.raises(subprocess.CalledProcessError) as died:
+                run_tool(*args)
+            assert died.value.returncode == -9
+            resume_config = derived_config(directory, custom_imports=dict(imports=["bcn_seg"]), custom_hooks=hooks)
+            run_tool("train_seg.py", resume_config, "--resume", "--data-root", str(toy_voc),
+                     "--work-dir", str(directory / "work"), *cli_options(options))
+        else:
+            run_tool(*args)
+        runs[name] = torch.load(directory / "work" / "iter_8.pth", weights_only=False)
+    a, b = runs["straight"], runs["killed"]
+    assert a["meta"]["iter"] == b["meta"]["iter"] == 8
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+    for s1, s2 in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert torch.equal(s1["momentum_buffer"], s2["momentum_buffer"])
+    assert a["param_schedulers"] == b["param_schedulers"]

@@ -14,7 +14,7 @@ default_hooks = dict(
     sampler_seed=dict(type='DistSamplerSeedHook'),
     visualization=dict(type='SegVisualizationHook'))
 # BCN's estimate rate follows the learning rate; a no-op for models without estimate-mode BCN.
-custom_hooks = [dict(type='EstimateRateHook')]
+custom_hooks = [dict(type='EstimateRateHook'), dict(type='ExactResumeHook')]
 # Buffers are never broadcast: estimate-mode BCN keeps its estimates per GPU (the paper).
 model_wrapper_cfg = dict(type='MMDistributedDataParallel', broadcast_buffers=False)
 # 4 GPUs x 4 images; other GPU counts rescale the lr linearly with --cfg-options auto_scale_lr.enable=True
