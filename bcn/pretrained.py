@@ -49,6 +49,22 @@ def read_published(path: str, sha256: Optional[str] = None) -> "OrderedDict[str,
         raise CheckpointError(f"{path}: {e}") from None
 
 
+def check_readable(path: str) -> None:
+    """Fail clearly on a truncated or corrupted checkpoint, before a framework trips over it."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError) as e:
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({e}); it may be truncated "
+                              "(an interrupted save?) or corrupted -- resume from an earlier one "
+                              "(edit last_checkpoint) or re-download it") from None
+    if bad is not None:
+        raise CheckpointError(f"{path}: corrupted (bad CRC in {bad}); resume from an earlier "
+                              "checkpoint (edit last_checkpoint) or re-download it")
+
+
 def is_published_layout(obj) -> bool:
     try:
         canonicalize(obj)

@@ -7,7 +7,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling.backbone.resnet import ResNet
 
-from bcn.pretrained import CheckpointError, canonicalize, match_state_dict
+from bcn.pretrained import CheckpointError, canonicalize, check_readable, match_state_dict
 
 _RENAMES = [  # canonical (torchvision) -> detectron2 ResNet
     (r"^conv1\.", "stem.conv1."),
@@ -47,6 +47,7 @@ class BCNCheckpointer(DetectionCheckpointer):
 
     def _load_file(self, filename):
         if filename.endswith((".pth", ".tar")):
+            check_readable(filename)
             try:
                 obj = torch.load(filename, map_location="cpu", weights_only=True)
             except Exception:

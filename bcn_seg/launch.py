@@ -87,6 +87,19 @@ def _check_data_root(dataset, loader):
                              "VOC_ROOT, or fix the config's data_root")
 
 
+def _check_checkpoint(path: str) -> None:
+    from bcn.pretrained import CheckpointError, check_readable
+
+    if "://" in path:
+        return
+    if not osp.exists(path):
+        raise SystemExit(f"checkpoint {path} does not exist")
+    try:
+        check_readable(path)
+    except CheckpointError as e:
+        raise SystemExit(str(e)) from None
+
+
 def check_work_dir(cfg, args) -> None:
     """Never overwrite a run's checkpoints by accident."""
     last = osp.join(cfg.work_dir, "last_checkpoint")
@@ -155,9 +168,14 @@ def run(test: bool) -> None:
         cfg = load_config(args)
         if test:
             cfg.load_from = args.checkpoint
+            _check_checkpoint(args.checkpoint)
         else:
             check_work_dir(cfg, args)
             cfg.resume = args.resume
+            last = osp.join(cfg.work_dir, "last_checkpoint")
+            if args.resume and osp.exists(last):
+                with open(last) as f:
+                    _check_checkpoint(f.read().strip())
         runner = Runner.from_cfg(cfg)
         runner.test() if test else runner.train()
     finally:

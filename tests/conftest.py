@@ -17,3 +17,21 @@ def fresh_seed():
 def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
     actual, expected = actual.detach().double(), expected.detach().double()
     return float((actual - expected).norm() / expected.norm().clamp_min(1e-300))
+
+
+@pytest.fixture(scope="session")
+def toy_root(tmp_path_factory):
+    """The toy COCO set, generated once per session and registered in detectron2."""
+    from bcn_det.toy import ensure_toy_coco, register_toy_coco
+
+    root = ensure_toy_coco(tmp_path_factory.mktemp("data") / "bcn_toy_coco")
+    register_toy_coco(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def toy_voc(tmp_path_factory):
+    """The toy VOC set, generated once per session."""
+    import bcn_seg
+
+    return bcn_seg.ensure_toy_voc(tmp_path_factory.mktemp("data") / "bcn_toy_voc")

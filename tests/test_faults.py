@@ -81,3 +81,27 @@ def test_train_seg_refuses_to_overwrite_a_run_and_names_a_missing_data_root(tmp_
                  "--work-dir", str(tmp_path / "voc"), "--data-root", str(tmp_path / "VOC2012"))
     assert result.returncode != 0
     assert f"data_root {tmp_path / 'VOC2012'} does not exist: pass --data-root, set VOC_ROOT" in result.stderr
+
+
+def test_truncated_training_checkpoints_fail_naming_the_file(tmp_path):
+    from bcn.pretrained import CheckpointError
+    from tests.published_model import reference_model
+
+    good = tmp_path / "good.pth"
+    torch.save({"model": reference_model(False).state_dict()}, good)
+    truncated = tmp_path / "model_0000099.pth"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    # detectron2: --resume / MODEL.WEIGHTS through the project's checkpointer
+    from bcn_det.checkpoint import BCNCheckpointer
+
+    with pytest.raises(CheckpointError, match=r"model_0000099.pth: not a readable torch checkpoint.*truncated"):
+        BCNCheckpointer(nn.Linear(1, 1)).load(str(truncated))
+    # MMSegmentation: --resume reads last_checkpoint; test_seg reads the checkpoint given
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "last_checkpoint").write_text(str(truncated))
+    result = run("tools/train_seg.py", "configs/mmseg/toy/deeplabv3_r18_bcn_ws_toy.py", "--work-dir",
+                 str(work), "--resume")
+    assert result.returncode != 0 and "model_0000099.pth: not a readable torch checkpoint" in result.stderr
+    result = run("tools/test_seg.py", "configs/mmseg/toy/deeplabv3_r18_bcn_ws_toy.py", str(truncated))
+    assert result.returncode != 0 and "truncated" in result.stderr

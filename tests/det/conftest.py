@@ -4,20 +4,12 @@ pytest.importorskip("detectron2")
 
 import bcn_det  # noqa: E402
 from bcn_det.config import load_config  # noqa: E402
-from bcn_det.toy import ensure_toy_coco, register_toy_coco  # noqa: E402
 
 TOY_CONFIG = "configs/detectron2/toy/mask_rcnn_R18_FPN_bcn_ws_toy.yaml"
 
 
 def load_cfg(path, *opts):
     return load_config(path, opts)
-
-
-@pytest.fixture(scope="session")
-def toy_root(tmp_path_factory):
-    root = ensure_toy_coco(tmp_path_factory.mktemp("data") / "bcn_toy_coco")
-    register_toy_coco(root)
-    return root
 
 
 @pytest.fixture

@@ -26,11 +26,6 @@ def build_model(cfg, init=True):
     return model
 
 
-@pytest.fixture(scope="session")
-def toy_voc(tmp_path_factory):
-    return bcn_seg.ensure_toy_voc(tmp_path_factory.mktemp("data") / "bcn_toy_voc")
-
-
 @pytest.fixture
 def toy_options(toy_voc, tmp_path):
     """Config overrides: the toy set in a temporary place, a few iterations."""

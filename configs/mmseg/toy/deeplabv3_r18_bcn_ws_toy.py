@@ -50,7 +50,8 @@ default_hooks = dict(
     logger=dict(type='LoggerHook', interval=25, log_metric_by_epoch=False),
     checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=100),
     visualization=dict(type='SegVisualizationHook', draw=False))
-custom_hooks = [dict(type='EstimateRateHook'), dict(type='ExactResumeHook')]
+custom_hooks = [dict(type='EstimateRateHook'), dict(type='ExactResumeHook'),
+                dict(type='StatDiffHook', interval=20)]  # tools/plot_statdiff.py
 model_wrapper_cfg = dict(type='MMDistributedDataParallel', broadcast_buffers=False)
 randomness = dict(seed=0)
 work_dir = 'work_dirs/toy_deeplabv3_bcn_ws'

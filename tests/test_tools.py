@@ -1,0 +1,60 @@
+"""The diagnostics tools on real logs and checkpoints of both frameworks."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow
+
+
+def run(*args):
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300)
+
+
+def test_plot_statdiff_reads_both_frameworks_logs(tmp_path):
+    det = tmp_path / "det"
+    det.mkdir()
+    lines = [{"iteration": i, "total_loss": 1.0} for i in range(5)]
+    lines += [{"iteration": i, "statdiff/a": 0.1 * i, "statdiff/b": 0.2, "statdiff/mean": 0.1,
+               "dead/mean": 0.01} for i in (19, 39)]
+    (det / "metrics.json").write_text("\n".join(json.dumps(l) for l in lines))
+    seg = tmp_path / "seg" / "20261123_000000" / "vis_data"
+    seg.mkdir(parents=True)
+    (seg / "scalars.json").write_text("\n".join(json.dumps({"step": s, "statdiff/x": 0.3, "dead/mean": 0.0})
+                                                for s in (20, 40)))
+    out = tmp_path / "fig.png"
+    result = run("tools/plot_statdiff.py", "--run", f"det={det}", "--run", f"seg={tmp_path / 'seg'}", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "metrics.json").write_text(json.dumps({"iteration": 1, "loss": 1.0}))
+    result = run("tools/plot_statdiff.py", "--run", f"x={tmp_path / 'empty'}", "--out", str(out))
+    assert result.returncode != 0 and "no StatDiff scalars" in result.stderr
+
+
+def test_analyze_model_reports_every_normalized_layer(toy_root, toy_voc, tmp_path):
+    from detectron2.modeling import build_model
+
+    from bcn_det.config import load_config
+    from tests.seg.conftest import TOY_CONFIG as SEG_TOY, build_model as build_seg, load_config as load_seg
+
+    det_config = "configs/detectron2/toy/mask_rcnn_R18_FPN_bcn_ws_toy.yaml"
+    det_weights = tmp_path / "det.pth"
+    torch.save({"model": build_model(load_config(det_config, ["MODEL.DEVICE", "cpu"])).state_dict()}, det_weights)
+    result = run("tools/analyze_model.py", "det", "--config-file", det_config, "--weights", str(det_weights),
+                 "--images", "2", "--json", str(tmp_path / "det.json"), "DATASETS.TOY_ROOT", str(toy_root))
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((tmp_path / "det.json").read_text())
+    assert len(report["layers"]) > 30 and 0 <= report["dead_mean"] <= 1
+    assert "backbone.bottom_up.res2.0.conv1.norm" in report["layers"]
+
+    seg_weights = tmp_path / "seg.pth"
+    torch.save({"state_dict": build_seg(load_seg(SEG_TOY)).state_dict()}, seg_weights)
+    config = tmp_path / "seg_config.py"
+    config.write_text(f"_base_ = ['{__import__('os').path.abspath(SEG_TOY)}']\n"
+                      f"test_dataloader = dict(dataset=dict(data_root={str(toy_voc)!r}))\n")
+    result = run("tools/analyze_model.py", "seg", str(config), str(seg_weights), "--images", "2")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "backbone.layer1.0.bn1" in result.stdout and result.stdout.strip().splitlines()[-1].startswith("mean")
