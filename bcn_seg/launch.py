@@ -58,7 +58,8 @@ def load_config(args) -> Config:
     if data_root:
         for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
             if cfg.get(loader):
-                _set_data_root(cfg[loader]["dataset"], data_root)
+                for leaf in _leaf_datasets(cfg[loader]["dataset"]):
+                    leaf["data_root"] = data_root
     for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
         if cfg.get(loader) and cfg[loader].get("num_workers", 0) == 0:
             cfg[loader]["persistent_workers"] = False  # invalid without workers
@@ -73,16 +74,22 @@ def load_config(args) -> Config:
     return cfg
 
 
-def _check_data_root(dataset, loader):
-    """A missing dataset fails here, naming the path and the fix, before any work."""
+def _leaf_datasets(dataset):
+    """The dataset configs that read files, through ConcatDataset / RepeatDataset wrappers."""
     if "datasets" in dataset:
         for d in dataset["datasets"]:
-            _check_data_root(d, loader)
+            yield from _leaf_datasets(d)
     elif "dataset" in dataset:
-        _check_data_root(dataset["dataset"], loader)
-    elif dataset.get("type") != "ToyVOCDataset":  # the toy set is generated on first use
-        root = dataset.get("data_root")
-        if root and not osp.isdir(root):
+        yield from _leaf_datasets(dataset["dataset"])
+    else:
+        yield dataset
+
+
+def _check_data_root(dataset, loader):
+    """A missing dataset fails here, naming the path and the fix, before any work."""
+    for leaf in _leaf_datasets(dataset):
+        root = leaf.get("data_root")
+        if leaf.get("type") != "ToyVOCDataset" and root and not osp.isdir(root):  # toy: generated
             raise SystemExit(f"{loader}: data_root {root} does not exist: pass --data-root, set "
                              "VOC_ROOT, or fix the config's data_root")
 
@@ -109,16 +116,6 @@ def check_work_dir(cfg, args) -> None:
         raise SystemExit(f"{cfg.work_dir} already holds a training run (last checkpoint {name}): "
                          "pass --resume to continue it, --overwrite to start again over it, or "
                          "choose another --work-dir")
-
-
-def _set_data_root(dataset, root):
-    if "datasets" in dataset:
-        for d in dataset["datasets"]:
-            _set_data_root(d, root)
-    elif "dataset" in dataset:
-        _set_data_root(dataset["dataset"], root)
-    else:
-        dataset["data_root"] = root
 
 
 def check_config(cfg: Config, path: str = "config") -> None:
