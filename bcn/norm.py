@@ -186,7 +186,6 @@ class BatchChannelNorm2d(nn.GroupNorm):
         pbn.num_batches_tracked.add_(finite.long())
         self.skipped_updates.add_((~finite).long())
 
-
     def _batch_part(self, x: torch.Tensor) -> torch.Tensor:
         """Step 1, with its running state protected: a batch with NaN/inf statistics leaves
         running_mean, running_var and the batch count as they were (torch.where, so no host
