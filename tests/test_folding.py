@@ -65,3 +65,43 @@ def test_mmseg_model_folds_exactly_and_exports_to_torchscript(tmp_path):
         reloaded = torch.jit.load(str(tmp_path / "backbone.pt"))
         for a, b in zip(reloaded(x), model.backbone(x)):
             assert torch.equal(a, b)
+
+
+def test_folded_network_exports_to_onnx_with_the_same_outputs(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from onnx.reference import ReferenceEvaluator
+    from torch import nn
+
+    from bcn.fold import fold_pairs
+
+    net = nn.Sequential(bcn.WSConv2d(3, 64, 3, padding=1, bias=False), bcn.BatchChannelNorm2d(64, 32),
+                        nn.ReLU(), bcn.WSConv2d(64, 64, 3, stride=2, padding=1, bias=False),
+                        bcn.BatchChannelNorm2d(64, 8, mode="estimate", affine="channel"), nn.ReLU())
+    x = torch.randn(2, 3, 16, 16)
+    train_a_little(net, lambda: net(x))
+    net.eval()
+    with torch.no_grad():
+        expected = net(x)
+        assert fold_pairs([(net, "0", "1"), (net, "3", "4")]) == 2
+        assert_folded(net)
+    path = tmp_path / "folded.onnx"
+    torch.onnx.export(net, x, str(path), dynamo=False, opset_version=17)
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model)
+    (out,) = ReferenceEvaluator(model).run(None, {model.graph.input[0].name: x.numpy()})
+    assert rel_err(torch.from_numpy(out), expected) < 1e-5
+
+
+def test_folded_mmseg_model_exports_to_a_valid_onnx_graph(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    import bcn_seg
+    from tests.seg.conftest import TOY_CONFIG, build_model, load_config
+
+    model = build_model(load_config(TOY_CONFIG))
+    model.eval()
+    bcn_seg.fold_bcn(model)
+    path = tmp_path / "deeplabv3.onnx"
+    torch.onnx.export(model.backbone, torch.randn(1, 3, 64, 64), str(path), dynamo=False, opset_version=17)
+    graph = onnx.load(str(path))
+    onnx.checker.check_model(graph)
+    assert {n.op_type for n in graph.graph.node} >= {"Conv", "InstanceNormalization"}
