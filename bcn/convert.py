@@ -56,18 +56,36 @@ def replace_batchnorm(module: nn.Module, make_norm) -> nn.Module:
     return module
 
 
-def bcn_learning_rate(model: nn.Module, optimizer) -> float:
-    """The current learning rate of BCN's trainable parameters: the paper's estimate rate.
-
-    Read from the first optimizer parameter group holding a BCN parameter (groups may differ,
-    e.g. with a bias lr factor); the first group if BCN trains nothing.
-    """
+def bcn_param_group(model: nn.Module, optimizer) -> int:
+    """Index of the first optimizer parameter group holding a BCN parameter (groups may differ,
+    e.g. with a bias lr factor); 0 if BCN trains nothing."""
     ids = {id(p) for m in model.modules() if isinstance(m, BatchChannelNorm2d)
            for p in m.parameters()}
-    for group in optimizer.param_groups:
+    for index, group in enumerate(optimizer.param_groups):
         if any(id(p) in ids for p in group["params"]):
-            return group["lr"]
-    return optimizer.param_groups[0]["lr"]
+            return index
+    return 0
+
+
+def bcn_learning_rate(model: nn.Module, optimizer) -> float:
+    """The current learning rate of BCN's trainable parameters: the paper's estimate rate."""
+    return optimizer.param_groups[bcn_param_group(model, optimizer)]["lr"]
+
+
+class EstimateRateFollower:
+    """What the frameworks' EstimateRateHook call every iteration: set every estimate layer's
+    rate to the current learning rate of BCN's parameter group. The layers and the group are
+    looked up once, not at every iteration."""
+
+    def __init__(self, model: nn.Module, optimizer):
+        self.layers = estimate_layers(model)
+        self.optimizer = optimizer
+        self.group = bcn_param_group(model, optimizer)
+
+    def __call__(self) -> None:
+        rate = self.optimizer.param_groups[self.group]["lr"]
+        for layer in self.layers:
+            layer.set_rate(rate)
 
 
 def skipped_updates(model: nn.Module) -> int:

@@ -20,6 +20,10 @@ class EstimateRateHook(HookBase):
     def __init__(self, check_period: int = 20):
         self.check_period = check_period
         self.reporter = bcn.SkippedUpdateReporter()
+        self.follow = None
+
+    def before_train(self):
+        self.follow = bcn.EstimateRateFollower(self.trainer.model, self.trainer.optimizer)
 
     def after_step(self):
         if (self.trainer.iter + 1) % self.check_period == 0:
@@ -30,8 +34,7 @@ class EstimateRateHook(HookBase):
                 self.trainer.storage.put_scalar("bcn/skipped_updates", total, smoothing_hint=False)
 
     def before_step(self):
-        model = self.trainer.model
-        bcn.set_estimate_rate(model, bcn.bcn_learning_rate(model, self.trainer.optimizer))
+        self.follow()
 
 
 class StatDiffHook(HookBase):

@@ -21,6 +21,10 @@ class EstimateRateHook(Hook):
     def __init__(self, check_interval: int = 20):
         self.check_interval = check_interval
         self.reporter = bcn.SkippedUpdateReporter()
+        self.follow = None
+
+    def before_train(self, runner):
+        self.follow = bcn.EstimateRateFollower(runner.model, runner.optim_wrapper)
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
         if (runner.iter + 1) % self.check_interval == 0:
@@ -31,8 +35,7 @@ class EstimateRateHook(Hook):
                 runner.message_hub.update_scalar("train/bcn_skipped_updates", total)
 
     def before_train_iter(self, runner, batch_idx, data_batch=None):
-        model = runner.model
-        bcn.set_estimate_rate(model, bcn.bcn_learning_rate(model, runner.optim_wrapper))
+        self.follow()
 
 
 @HOOKS.register_module(force=True)
