@@ -31,29 +31,32 @@ def convert_to_estimate_mode(model: nn.Module) -> nn.Module:
     return model
 
 
+def replace_modules(module: nn.Module, replacement) -> nn.Module:
+    """Replace, in place, every submodule for which ``replacement(m)`` returns a module (None:
+    keep it and look inside). Returns the replacement of ``module`` itself if it has one."""
+    new = replacement(module)
+    if new is not None:
+        return new
+    for name, child in module.named_children():
+        new = replace_modules(child, replacement)
+        if new is not child:
+            setattr(module, name, new)
+    return module
+
+
 def freeze_batch_channel_norm(module: nn.Module) -> nn.Module:
     """Replace every BatchChannelNorm2d in ``module`` by its frozen variant (in place for
     children; returns the new module if ``module`` itself is one)."""
-    if isinstance(module, BatchChannelNorm2d):
-        return FrozenBatchChannelNorm2d.from_bcn(module)
-    for name, child in module.named_children():
-        frozen = freeze_batch_channel_norm(child)
-        if frozen is not child:
-            setattr(module, name, frozen)
-    return module
+    return replace_modules(module, lambda m: FrozenBatchChannelNorm2d.from_bcn(m)
+                           if isinstance(m, BatchChannelNorm2d) else None)
 
 
 def replace_batchnorm(module: nn.Module, make_norm) -> nn.Module:
     """Replace every plain nn.BatchNorm2d in ``module`` by ``make_norm(num_features)``, in place
     (returns the replacement if ``module`` itself is one). Lets a framework build a model's
     structure with its own builders and a BatchNorm placeholder, then take BCN."""
-    if type(module) is nn.BatchNorm2d:
-        return make_norm(module.num_features).to(module.weight.device)
-    for name, child in module.named_children():
-        new = replace_batchnorm(child, make_norm)
-        if new is not child:
-            setattr(module, name, new)
-    return module
+    return replace_modules(module, lambda m: make_norm(m.num_features).to(m.weight.device)
+                           if type(m) is nn.BatchNorm2d else None)
 
 
 def bcn_param_group(model: nn.Module, optimizer) -> int:
