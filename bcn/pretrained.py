@@ -65,14 +65,6 @@ def check_readable(path: str) -> None:
                               "checkpoint (edit last_checkpoint) or re-download it")
 
 
-def is_published_layout(obj) -> bool:
-    try:
-        canonicalize(obj)
-        return True
-    except CheckpointError:
-        return False
-
-
 def canonicalize(obj) -> "OrderedDict[str, torch.Tensor]":
     """Any published variant -> canonical names (see module doc). Raises CheckpointError."""
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):

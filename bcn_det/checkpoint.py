@@ -51,13 +51,15 @@ class BCNCheckpointer(DetectionCheckpointer):
             try:
                 obj = torch.load(filename, map_location="cpu", weights_only=True)
             except Exception:
-                obj = None  # not ours: detectron2's own loading reports what is wrong
-            if isinstance(obj, dict) and "model" not in obj:
+                return super()._load_file(filename)  # detectron2's own loading reports it
+            try:
                 state = canonicalize(obj)
-                prefix, resnet = find_resnet(self.model)
-                mapped = canonical_to_detectron2(state)
-                match_state_dict(mapped, resnet.state_dict(), what=f"{filename} (BCN+WS ImageNet)")
-                self.logger.info(f"Read a published BCN+WS backbone from {filename}")
-                model = {prefix + k: v for k, v in mapped.items()}
-                return {"model": model, "__author__": "bcn_published", "matching_heuristics": False}
+            except CheckpointError:  # a native checkpoint: what detectron2 does, without re-reading
+                return obj if isinstance(obj, dict) and "model" in obj else {"model": obj}
+            prefix, resnet = find_resnet(self.model)
+            mapped = canonical_to_detectron2(state)
+            match_state_dict(mapped, resnet.state_dict(), what=f"{filename} (BCN+WS ImageNet)")
+            self.logger.info(f"Read a published BCN+WS backbone from {filename}")
+            model = {prefix + k: v for k, v in mapped.items()}
+            return {"model": model, "__author__": "bcn_published", "matching_heuristics": False}
         return super()._load_file(filename)
