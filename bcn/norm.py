@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from . import functional as BF
-from . import fused
+from . import fused, kernels
 
 MODES = ("batch", "estimate")
 AFFINES = ("group", "channel")
@@ -90,18 +90,19 @@ class BatchChannelNorm2d(nn.GroupNorm):
             or "channel" -- one per channel, shape (C,).
         sync_batch: in batch mode, synchronize step 1's statistics across processes
             (nn.SyncBatchNorm), as the published segmentation models were trained.
-        impl: "reference" -- pbn's forward, then F.group_norm; or "fused" -- both steps in
-            two passes over the map, forward and backward (bcn.fused). Same numerics (tests).
-            "fused" is opt-in: in eager PyTorch on CPU it measured no faster than the
-            reference (tools/benchmark_norm.py); it is the formulation a fused kernel would
-            implement. SyncBatchNorm and momentum=None always take the reference path.
+        impl: "fused" (default) -- both steps in two passes over the map, forward and
+            backward (bcn.fused on the C++ kernels of bcn.kernels), about GroupNorm's time on
+            CPU; or "reference" -- pbn's forward, then F.group_norm, ~2.5x GroupNorm's time.
+            Same numerics (tests). "fused" runs the reference path wherever the kernels don't
+            apply: GPU tensors, dtypes other than float32/float64, kernels that could not be
+            built, SyncBatchNorm, momentum=None.
     """
 
     _abbr_ = "bn"  # mmcv layer names (bn1, bn2, ...) then equal torchvision's and the checkpoints'
 
     def __init__(self, num_channels: int, num_groups: int = 32, eps: float = 1e-5,
                  momentum: float = 0.1, mode: str = "batch", affine: str = "group",
-                 sync_batch: bool = False, impl: str = "reference"):
+                 sync_batch: bool = False, impl: str = "fused"):
         check_bcn_args(num_channels, num_groups, mode, affine)
         if impl not in IMPLS:
             raise ValueError(f"unknown BCN impl {impl!r}; choose one of {IMPLS}")
@@ -140,13 +141,17 @@ class BatchChannelNorm2d(nn.GroupNorm):
         autocast = torch.is_autocast_enabled(x.device.type)
         with torch.autocast(x.device.type, enabled=False) if autocast else nullcontext():
             x32 = x.float() if autocast else x
-            if self.impl == "fused" and type(self.pbn) in (nn.BatchNorm2d, EstimateBatchNorm2d) \
-                    and self.pbn.momentum is not None:
+            if self._fused_applies(x32):
                 y = self._fused(x32)
             else:
                 y = self._batch_part(x32)
                 y = BF.group_normalize(y, self.num_groups, self.weight, self.bias, self.eps)
         return y.to(x.dtype)
+
+    def _fused_applies(self, x: torch.Tensor) -> bool:
+        return (self.impl == "fused" and type(self.pbn) in (nn.BatchNorm2d, EstimateBatchNorm2d)
+                and self.pbn.momentum is not None and x.dtype == self.weight.dtype
+                and kernels.serves(x))
 
     def _fused(self, x: torch.Tensor) -> torch.Tensor:
         """Both steps in two passes (bcn.fused), with the running state updated as the
