@@ -154,26 +154,26 @@ class BatchChannelNorm2d(nn.GroupNorm):
                 and kernels.serves(x))
 
     def _fused(self, x: torch.Tensor) -> torch.Tensor:
-        """Both steps in two passes (bcn.fused), with the running state updated as the
+        """Both steps in the kernels of bcn.fused, with the running state updated as the
         reference path does -- BatchNorm's momentum and unbiased variance in batch mode,
         Algorithm 1 in estimate mode -- and guarded against non-finite batches the same way."""
         pbn = self.pbn
-        args = (self.num_groups, pbn.weight, pbn.bias, self.weight, self.bias, self.eps)
-        if not pbn.training:
-            return fused.batch_channel_norm(x, *args, pbn.running_mean, pbn.running_var)[0]
-        sample = fused.moments(x)
+        params = (pbn.weight, pbn.bias, self.weight, self.bias)
+        args = (self.num_groups, *params, self.eps)
+        if not pbn.training:  # eval, or a framework's norm_eval put only the BN part in eval
+            if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
+                # fixed statistics are estimates moved at rate 0: constants to autograd
+                stats = (pbn.running_mean, pbn.running_var, 0.0)
+                return fused.batch_channel_norm_training(x, *args, estimates=stats)[0]
+            return fused.batch_channel_norm_inference(x, *args, pbn.running_mean, pbn.running_var)
         if isinstance(pbn, EstimateBatchNorm2d):
             if not pbn.rate_is_set:
                 _warn_rate_not_set(pbn)
-            m, v = sample
-            with torch.no_grad():
-                batch_mean = m.mean(0)
-                around_old = v.mean(0) + (m - pbn.running_mean).pow(2).mean(0)
-                new = BF.update_estimates(pbn.running_mean, pbn.running_var, batch_mean, around_old, pbn.rate)
-                self._commit(new)
-            return fused.batch_channel_norm(x, *args, pbn.running_mean.clone(), pbn.running_var.clone(),
-                                            sample_moments=sample)[0]
-        y, batch_mean, batch_var = fused.batch_channel_norm(x, *args, sample_moments=sample)
+            stats = (pbn.running_mean, pbn.running_var, pbn.rate.item())
+            y, new_mean, new_var = fused.batch_channel_norm_training(x, *args, estimates=stats)
+            self._commit((new_mean, new_var))
+            return y
+        y, batch_mean, batch_var = fused.batch_channel_norm_training(x, *args)
         with torch.no_grad():
             count = x.numel() // x.shape[1]
             unbiased = batch_var * (count / max(count - 1, 1))

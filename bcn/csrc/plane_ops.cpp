@@ -1,16 +1,19 @@
-// The four passes over a feature map that BCN needs (bcn/fused.py), for CPU tensors.
+// BCN's CPU kernels (bcn/fused.py): training forward and backward, and inference.
 //
-// A contiguous (N, C, H, W) map is N*C planes of H*W values; every pass works plane by plane
-// and everything BCN couples across planes (batch statistics, groups) lives in (N, C)
-// coefficients computed outside. Planes run in parallel on torch's intra-op threads; inside
-// a plane the order of operations is fixed, so results do not depend on the thread count.
-//
+// A contiguous (N, C, H, W) map is N*C planes of H*W values. Channel c's step-1 statistics
+// involve only the planes (n, c), and group (n, g)'s statistics only the channels of g, so
+// the planes {(n, c) : c in g} are a closed block forward and backward. Each task reads its
+// block once for its sums, solves the block's coefficients in double, and writes its output
+// while the block is still in cache: GroupNorm's memory traffic. Tasks run on torch's
+// intra-op threads; inside a task the order of operations is fixed, so results do not depend
+// on the thread count.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <initializer_list>
 #include <tuple>
 #include <type_traits>
 #include <vector>
@@ -90,7 +93,8 @@ void moments_of(const scalar_t* plane, int64_t size, double& mean, double& var) 
 
 void check_map(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.device().is_cpu(), "bcn plane ops: ", name, " must be a CPU tensor");
-  TORCH_CHECK(t.dim() == 4, "bcn plane ops: ", name, " must be (N, C, H, W), got ", t.sizes());
+  TORCH_CHECK(t.dim() == 4 && t.numel() > 0, "bcn plane ops: ", name,
+              " must be a non-empty (N, C, H, W) map, got ", t.sizes());
   TORCH_CHECK(t.is_contiguous(), "bcn plane ops: ", name, " must be contiguous (NCHW)");
   TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble,
               "bcn plane ops: ", name, " must be float32 or float64, got ", t.scalar_type());
@@ -103,185 +107,299 @@ void check_grad_and_map(const at::Tensor& g, const at::Tensor& x) {
               "bcn plane ops: grad and x differ in shape or dtype");
 }
 
+void check_groups(int64_t groups, int64_t channels) {
+  TORCH_CHECK(groups > 0 && channels % groups == 0, "bcn plane ops: ", groups,
+              " groups do not divide ", channels, " channels");
+}
+
 void check_coefficient(const at::Tensor& t, const at::Tensor& map, const char* name) {
   TORCH_CHECK(t.device().is_cpu() && t.is_contiguous() && t.scalar_type() == map.scalar_type() &&
                   t.numel() == map.size(0) * map.size(1),
               "bcn plane ops: ", name, " must be a contiguous (N, C) CPU tensor of the map's dtype");
 }
 
-// Per-plane mean and biased variance.
-std::tuple<at::Tensor, at::Tensor> plane_moments(const at::Tensor& x) {
-  check_map(x, "x");
-  const int64_t planes = x.size(0) * x.size(1), size = x.size(2) * x.size(3);
-  TORCH_CHECK(size > 0, "bcn plane ops: empty planes");
-  auto mean = at::empty({x.size(0), x.size(1)}, x.options());
-  auto var = at::empty_like(mean);
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "plane_moments", [&] {
-    const scalar_t* px = x.const_data_ptr<scalar_t>();
-    scalar_t* pm = mean.mutable_data_ptr<scalar_t>();
-    scalar_t* pv = var.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, planes, grain_for(size), [&](int64_t begin, int64_t end) {
-      for (int64_t p = begin; p < end; ++p) {
-        double mean_p, var_p;
-        moments_of(px + p * size, size, mean_p, var_p);
-        pm[p] = static_cast<scalar_t>(mean_p);
-        pv[p] = static_cast<scalar_t>(var_p);
-      }
-    });
-  });
-  return {mean, var};
-}
+// The (N, D) coefficient algebra of one group, in double. m, v: per-plane mean / biased
+// variance, index n * D + j. Step 1 from `mean`, `var` (per channel of the group).
+struct GroupAlgebra {
+  int64_t n, d;
+  double eps;
+  std::vector<double> a, b;         // step 1 as an affine: a_j x + b_j        (D)
+  std::vector<double> m1, mu, r;    // step-1 output's plane means; group mean, 1/std  (N*D, N, N)
 
-// y = scale[n, c] * x + shift[n, c]
-at::Tensor plane_affine(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& shift) {
-  check_map(x, "x");
-  check_coefficient(scale, x, "scale");
-  check_coefficient(shift, x, "shift");
-  const int64_t planes = x.size(0) * x.size(1), size = x.size(2) * x.size(3);
-  auto y = at::empty_like(x);
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "plane_affine", [&] {
-    const scalar_t* px = x.const_data_ptr<scalar_t>();
-    const scalar_t* pa = scale.const_data_ptr<scalar_t>();
-    const scalar_t* pb = shift.const_data_ptr<scalar_t>();
-    scalar_t* py = y.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, planes, grain_for(size), [&](int64_t begin, int64_t end) {
-      for (int64_t p = begin; p < end; ++p) {
-        const scalar_t a = pa[p], b = pb[p];
-        const scalar_t* in = px + p * size;
-        scalar_t* out = py + p * size;
-        for (int64_t i = 0; i < size; ++i) out[i] = a * in[i] + b;
-      }
-    });
-  });
-  return y;
-}
+  GroupAlgebra(int64_t n_, int64_t d_, double eps_) : n(n_), d(d_), eps(eps_), a(d_), b(d_),
+      m1(n_ * d_), mu(n_), r(n_) {}
 
-// Per-plane sum(g) and sum(g * (x - centre[n, c])): the two reductions of the backward pass.
-std::tuple<at::Tensor, at::Tensor> plane_grad_sums(const at::Tensor& g, const at::Tensor& x,
-                                                   const at::Tensor& centre) {
-  check_grad_and_map(g, x);
-  check_coefficient(centre, x, "centre");
-  const int64_t planes = x.size(0) * x.size(1), size = x.size(2) * x.size(3);
-  auto sum_g = at::empty({x.size(0), x.size(1)}, x.options());
-  auto sum_gx = at::empty_like(sum_g);
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "plane_grad_sums", [&] {
-    const scalar_t* pg = g.const_data_ptr<scalar_t>();
-    const scalar_t* px = x.const_data_ptr<scalar_t>();
-    const scalar_t* pc = centre.const_data_ptr<scalar_t>();
-    scalar_t* ps1 = sum_g.mutable_data_ptr<scalar_t>();
-    scalar_t* ps2 = sum_gx.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, planes, grain_for(size), [&](int64_t begin, int64_t end) {
-      for (int64_t p = begin; p < end; ++p) {
-        const scalar_t* gp = pg + p * size;
-        const scalar_t* xp = px + p * size;
-        const scalar_t c = pc[p];
-        double s1, s2;
-        two_sums<scalar_t>(size, [&](int64_t i, auto& f, auto& h) {
-          using V = std::decay_t<decltype(f)>;
-          const V gi = load<V>(gp + i);
-          f += gi;
-          h += gi * (load<V>(xp + i) - c);
-        }, s1, s2);
-        ps1[p] = static_cast<scalar_t>(s1);
-        ps2[p] = static_cast<scalar_t>(s2);
+  void solve(const double* m, const double* v, const double* mean, const double* var,
+             const double* bn_w, const double* bn_b) {
+    for (int64_t j = 0; j < d; ++j) {
+      a[j] = bn_w[j] / std::sqrt(var[j] + eps);
+      b[j] = bn_b[j] - a[j] * mean[j];
+    }
+    for (int64_t s = 0; s < n; ++s) {
+      double sum = 0.0;
+      for (int64_t j = 0; j < d; ++j) sum += (m1[s * d + j] = a[j] * m[s * d + j] + b[j]);
+      mu[s] = sum / d;
+      double spread = 0.0;
+      for (int64_t j = 0; j < d; ++j) {
+        const double dm = m1[s * d + j] - mu[s];
+        spread += a[j] * a[j] * v[s * d + j] + dm * dm;
       }
-    });
-  });
-  return {sum_g, sum_gx};
-}
-
-// dx = a[n, c] * g + b[n, c] * x + c[n, c]
-at::Tensor plane_affine_backward(const at::Tensor& g, const at::Tensor& x, const at::Tensor& a,
-                                 const at::Tensor& b, const at::Tensor& c) {
-  check_grad_and_map(g, x);
-  check_coefficient(a, x, "a");
-  check_coefficient(b, x, "b");
-  check_coefficient(c, x, "c");
-  const int64_t planes = x.size(0) * x.size(1), size = x.size(2) * x.size(3);
-  auto dx = at::empty_like(x);
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "plane_affine_backward", [&] {
-    const scalar_t* pg = g.const_data_ptr<scalar_t>();
-    const scalar_t* px = x.const_data_ptr<scalar_t>();
-    const scalar_t *pa = a.const_data_ptr<scalar_t>(), *pb = b.const_data_ptr<scalar_t>(),
-                   *pc = c.const_data_ptr<scalar_t>();
-    scalar_t* pd = dx.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, planes, grain_for(size), [&](int64_t begin, int64_t end) {
-      for (int64_t p = begin; p < end; ++p) {
-        const scalar_t ap = pa[p], bp = pb[p], cp = pc[p];
-        const scalar_t* gp = pg + p * size;
-        const scalar_t* xp = px + p * size;
-        scalar_t* out = pd + p * size;
-        for (int64_t i = 0; i < size; ++i) out[i] = ap * gp[i] + bp * xp[i] + cp;
-      }
-    });
-  });
-  return dx;
-}
-
-// BCN with step 1 fixed (eval): y = gamma_c r (a_c x + b_c - mu) + beta_c, where a_c, b_c
-// are step 1 as a per-channel affine and mu[n,g], r[n,g] the group statistics of its output.
-// One task per (sample, group): the group's moments, then its output while the group's
-// planes are still in cache -- GroupNorm's own access pattern, so GroupNorm's time.
-at::Tensor fixed_step1_forward(const at::Tensor& x, const at::Tensor& a, const at::Tensor& b,
-                               const at::Tensor& gamma, const at::Tensor& beta, int64_t groups,
-                               double eps) {
-  check_map(x, "x");
-  const int64_t n = x.size(0), channels = x.size(1), size = x.size(2) * x.size(3);
-  TORCH_CHECK(groups > 0 && channels % groups == 0, "bcn plane ops: ", groups,
-              " groups do not divide ", channels, " channels");
-  TORCH_CHECK(size > 0, "bcn plane ops: empty planes");
-  for (const at::Tensor* t : {&a, &b, &gamma, &beta}) {
-    TORCH_CHECK(t->device().is_cpu() && t->is_contiguous() && t->numel() == channels &&
-                    t->scalar_type() == x.scalar_type(),
-                "bcn plane ops: per-channel coefficients must be contiguous (C,) CPU tensors of "
-                "the map's dtype");
+      r[s] = 1.0 / std::sqrt(spread / d + eps);
+    }
   }
-  const int64_t per_group = channels / groups;
+
+  // Sample s's D planes of the group: y = gamma_j r (a_j x + b_j - mu) + beta_j.
+  template <typename scalar_t>
+  void write(int64_t s, const double* gamma, const double* beta, const scalar_t* in,
+             scalar_t* out, int64_t size) const {
+    for (int64_t j = 0; j < d; ++j) {
+      const double scale = gamma[j] * r[s];
+      const scalar_t A = static_cast<scalar_t>(scale * a[j]);
+      const scalar_t B = static_cast<scalar_t>(scale * (b[j] - mu[s]) + beta[j]);
+      const scalar_t* x = in + j * size;
+      scalar_t* y = out + j * size;
+      for (int64_t i = 0; i < size; ++i) y[i] = A * x[i] + B;
+    }
+  }
+};
+
+// Step-1 statistics of the group's channels. Batch mode: the batch's mean and biased
+// variance. Estimate mode (Algorithm 1): the estimates moved at `rate` towards the batch mean
+// and the mean square around the OLD mean estimate.
+void step1_statistics(int64_t n, int64_t d, const double* m, const double* v, bool estimate,
+                      const double* old_mean, const double* old_var, double rate, double* mean,
+                      double* var) {
+  for (int64_t j = 0; j < d; ++j) {
+    double batch_mean = 0.0;
+    for (int64_t s = 0; s < n; ++s) batch_mean += m[s * d + j];
+    batch_mean /= n;
+    const double centre = estimate ? old_mean[j] : batch_mean;
+    double spread = 0.0;
+    for (int64_t s = 0; s < n; ++s) {
+      const double dm = m[s * d + j] - centre;
+      spread += v[s * d + j] + dm * dm;
+    }
+    spread /= n;
+    mean[j] = estimate ? old_mean[j] + rate * (batch_mean - old_mean[j]) : batch_mean;
+    var[j] = estimate ? old_var[j] + rate * (spread - old_var[j]) : spread;
+  }
+}
+
+template <typename scalar_t>
+std::vector<double> gather(const at::Tensor& t, int64_t offset, int64_t count) {
+  const scalar_t* p = t.const_data_ptr<scalar_t>() + offset;
+  return std::vector<double>(p, p + count);
+}
+
+void check_channels(std::initializer_list<const at::Tensor*> ts, const at::Tensor& x) {
+  for (const at::Tensor* t : ts) {
+    TORCH_CHECK(t->device().is_cpu() && t->is_contiguous() && t->numel() == x.size(1) &&
+                    t->scalar_type() == x.scalar_type(),
+                "bcn plane ops: per-channel tensors must be contiguous (C,) CPU tensors of the "
+                "map's dtype");
+  }
+}
+
+// Step 1 fixed (eval): one task per (sample, group) -- the unit GroupNorm itself uses.
+at::Tensor inference_forward(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& var,
+                             const at::Tensor& bn_w, const at::Tensor& bn_b,
+                             const at::Tensor& gamma, const at::Tensor& beta, int64_t groups,
+                             double eps) {
+  check_map(x, "x");
+  check_channels({&mean, &var, &bn_w, &bn_b, &gamma, &beta}, x);
+  const int64_t n = x.size(0), channels = x.size(1), size = x.size(2) * x.size(3);
+  check_groups(groups, channels);
+  const int64_t d = channels / groups;
   auto y = at::empty_like(x);
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fixed_step1_forward", [&] {
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "inference_forward", [&] {
     const scalar_t* px = x.const_data_ptr<scalar_t>();
-    const scalar_t *pa = a.const_data_ptr<scalar_t>(), *pb = b.const_data_ptr<scalar_t>(),
-                   *pgamma = gamma.const_data_ptr<scalar_t>(), *pbeta = beta.const_data_ptr<scalar_t>();
     scalar_t* py = y.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, n * groups, grain_for(per_group * size), [&](int64_t begin, int64_t end) {
-      std::vector<double> m1(per_group), v1(per_group);
+    at::parallel_for(0, n * groups, grain_for(d * size), [&](int64_t begin, int64_t end) {
+      std::vector<double> m(d), v(d);
+      GroupAlgebra alg(1, d, eps);
       for (int64_t task = begin; task < end; ++task) {
-        const int64_t first = (task / groups) * channels + (task % groups) * per_group;  // plane
-        const int64_t c0 = (task % groups) * per_group;
-        double mu = 0.0;
-        for (int64_t j = 0; j < per_group; ++j) {
-          double mean_j, var_j;
-          moments_of(px + (first + j) * size, size, mean_j, var_j);
-          const double ac = pa[c0 + j];
-          m1[j] = ac * mean_j + pb[c0 + j];
-          v1[j] = ac * ac * var_j;
-          mu += m1[j];
-        }
-        mu /= per_group;
-        double var = 0.0;
-        for (int64_t j = 0; j < per_group; ++j) var += v1[j] + (m1[j] - mu) * (m1[j] - mu);
-        const double r = 1.0 / std::sqrt(var / per_group + eps);
-        for (int64_t j = 0; j < per_group; ++j) {
-          const int64_t c = c0 + j;
-          const scalar_t scale = static_cast<scalar_t>(pgamma[c] * r * pa[c]);
-          const scalar_t offset = static_cast<scalar_t>(pgamma[c] * r * (pb[c] - mu) + pbeta[c]);
-          const scalar_t* in = px + (first + j) * size;
-          scalar_t* out = py + (first + j) * size;
-          for (int64_t i = 0; i < size; ++i) out[i] = scale * in[i] + offset;
-        }
+        const int64_t s = task / groups, c0 = (task % groups) * d;
+        const scalar_t* block = px + (s * channels + c0) * size;
+        for (int64_t j = 0; j < d; ++j) moments_of(block + j * size, size, m[j], v[j]);
+        const auto channel = [&](const at::Tensor& t) { return gather<scalar_t>(t, c0, d); };
+        const auto gam = channel(gamma), bet = channel(beta);
+        alg.solve(m.data(), v.data(), channel(mean).data(), channel(var).data(),
+                  channel(bn_w).data(), channel(bn_b).data());
+        alg.write(0, gam.data(), bet.data(), block, py + (s * channels + c0) * size, size);
       }
     });
   });
   return y;
+}
+
+// BCN forward in training. estimate=false: step 1 with batch statistics; true: with the
+// estimates (old_mean, old_var) updated at `rate` first (old_* unused otherwise).
+// Returns y, per-plane mean and biased variance (N, C), and the step-1 statistics used (C):
+// the batch's biased statistics, or the updated estimates.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_forward(
+    const at::Tensor& x, bool estimate, const at::Tensor& old_mean, const at::Tensor& old_var,
+    double rate, const at::Tensor& bn_w, const at::Tensor& bn_b, const at::Tensor& gamma,
+    const at::Tensor& beta, int64_t groups, double eps) {
+  check_map(x, "x");
+  check_channels({&bn_w, &bn_b, &gamma, &beta}, x);
+  if (estimate) check_channels({&old_mean, &old_var}, x);
+  const int64_t n = x.size(0), channels = x.size(1), size = x.size(2) * x.size(3);
+  check_groups(groups, channels);
+  const int64_t d = channels / groups;
+  auto y = at::empty_like(x);
+  auto plane_mean = at::empty({n, channels}, x.options()), plane_var = at::empty_like(plane_mean);
+  auto mean = at::empty({channels}, x.options()), var = at::empty_like(mean);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "train_forward", [&] {
+    const scalar_t* px = x.const_data_ptr<scalar_t>();
+    scalar_t* py = y.mutable_data_ptr<scalar_t>();
+    scalar_t *pm = plane_mean.mutable_data_ptr<scalar_t>(), *pv = plane_var.mutable_data_ptr<scalar_t>();
+    scalar_t *pmean = mean.mutable_data_ptr<scalar_t>(), *pvar = var.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
+      std::vector<double> m(n * d), v(n * d), mean_g(d), var_g(d);
+      GroupAlgebra alg(n, d, eps);
+      for (int64_t g = begin; g < end; ++g) {
+        const int64_t c0 = g * d;
+        for (int64_t s = 0; s < n; ++s)
+          for (int64_t j = 0; j < d; ++j)
+            moments_of(px + (s * channels + c0 + j) * size, size, m[s * d + j], v[s * d + j]);
+        const auto channel = [&](const at::Tensor& t) { return gather<scalar_t>(t, c0, d); };
+        std::vector<double> old_m, old_v;
+        if (estimate) old_m = channel(old_mean), old_v = channel(old_var);
+        step1_statistics(n, d, m.data(), v.data(), estimate, old_m.data(), old_v.data(), rate,
+                         mean_g.data(), var_g.data());
+        const auto gam = channel(gamma), bet = channel(beta);
+        alg.solve(m.data(), v.data(), mean_g.data(), var_g.data(), channel(bn_w).data(),
+                  channel(bn_b).data());
+        for (int64_t s = 0; s < n; ++s) {
+          const int64_t first = s * channels + c0;
+          alg.write(s, gam.data(), bet.data(), px + first * size, py + first * size, size);
+          for (int64_t j = 0; j < d; ++j) {
+            pm[first + j] = static_cast<scalar_t>(m[s * d + j]);
+            pv[first + j] = static_cast<scalar_t>(v[s * d + j]);
+          }
+        }
+        for (int64_t j = 0; j < d; ++j) {
+          pmean[c0 + j] = static_cast<scalar_t>(mean_g[j]);
+          pvar[c0 + j] = static_cast<scalar_t>(var_g[j]);
+        }
+      }
+    });
+  });
+  return {y, plane_mean, plane_var, mean, var};
+}
+
+// Gradients of train_forward. Step 1's statistics (mean, var) are differentiated through in
+// batch mode and constants in estimate mode (Algorithm 1). With z the group-normalized step-1
+// output and x1 = a x + b:
+//   dL/dx1 = r (gamma g - <gamma g>_{n,g} - z <gamma g z>_{n,g})              (GroupNorm)
+//   dL/dx  = a (dx1 - <dx1>_c - (x - mean) <dx1 (x - mean)>_c / (var + eps))  (BatchNorm)
+// and every average is a combination of the per-plane sums of g and g (x - m). So dx is
+// p g + q x + k per plane. Returns dx and the per-channel gradients of bn_w, bn_b, gamma, beta.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_backward(
+    const at::Tensor& grad, const at::Tensor& x, const at::Tensor& plane_mean,
+    const at::Tensor& plane_var, bool estimate, const at::Tensor& mean, const at::Tensor& var,
+    const at::Tensor& bn_w, const at::Tensor& bn_b, const at::Tensor& gamma, int64_t groups,
+    double eps) {
+  check_grad_and_map(grad, x);
+  check_coefficient(plane_mean, x, "plane_mean");
+  check_coefficient(plane_var, x, "plane_var");
+  check_channels({&mean, &var, &bn_w, &bn_b, &gamma}, x);
+  const int64_t n = x.size(0), channels = x.size(1), size = x.size(2) * x.size(3);
+  check_groups(groups, channels);
+  const int64_t d = channels / groups;
+  auto dx = at::empty_like(x);
+  auto d_bn_w = at::empty({channels}, x.options()), d_bn_b = at::empty_like(d_bn_w);
+  auto d_gamma = at::empty_like(d_bn_w), d_beta = at::empty_like(d_bn_w);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "train_backward", [&] {
+    const scalar_t* pg = grad.const_data_ptr<scalar_t>();
+    const scalar_t* px = x.const_data_ptr<scalar_t>();
+    scalar_t* pd = dx.mutable_data_ptr<scalar_t>();
+    const scalar_t *pm = plane_mean.const_data_ptr<scalar_t>(), *pv = plane_var.const_data_ptr<scalar_t>();
+    scalar_t *pdw = d_bn_w.mutable_data_ptr<scalar_t>(), *pdb = d_bn_b.mutable_data_ptr<scalar_t>();
+    scalar_t *pdgamma = d_gamma.mutable_data_ptr<scalar_t>(), *pdbeta = d_beta.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
+      std::vector<double> m(n * d), v(n * d), s1(n * d), s2(n * d), gz(n * d);
+      std::vector<double> p1(n * d), q1(n * d), k1(n * d);
+      GroupAlgebra alg(n, d, eps);
+      const double len = static_cast<double>(size);
+      for (int64_t g = begin; g < end; ++g) {
+        const int64_t c0 = g * d;
+        for (int64_t s = 0; s < n; ++s) {
+          for (int64_t j = 0; j < d; ++j) {
+            const int64_t plane = s * channels + c0 + j, k = s * d + j;
+            m[k] = pm[plane];
+            v[k] = pv[plane];
+            const scalar_t* gp = pg + plane * size;
+            const scalar_t* xp = px + plane * size;
+            const scalar_t centre = static_cast<scalar_t>(m[k]);
+            two_sums<scalar_t>(size, [&](int64_t i, auto& f, auto& h) {
+              using V = std::decay_t<decltype(f)>;
+              const V gi = load<V>(gp + i);
+              f += gi;
+              h += gi * (load<V>(xp + i) - centre);
+            }, s1[k], s2[k]);
+          }
+        }
+        const auto channel = [&](const at::Tensor& t) { return gather<scalar_t>(t, c0, d); };
+        const auto mean_g = channel(mean), var_g = channel(var), gam = channel(gamma);
+        alg.solve(m.data(), v.data(), mean_g.data(), var_g.data(), channel(bn_w).data(),
+                  channel(bn_b).data());
+        std::vector<double> dgamma(d, 0.0), dbeta(d, 0.0), sum1(d, 0.0), sum2(d, 0.0);
+        for (int64_t s = 0; s < n; ++s) {  // GroupNorm part: dx1 = p1 g + q1 x + k1 per plane
+          const double r = alg.r[s];
+          double mean_g1 = 0.0, mean_gz = 0.0;
+          for (int64_t j = 0; j < d; ++j) {
+            const int64_t k = s * d + j;
+            gz[k] = r * (alg.a[j] * s2[k] + (alg.m1[k] - alg.mu[s]) * s1[k]);  // sum g z
+            mean_g1 += gam[j] * s1[k];
+            mean_gz += gam[j] * gz[k];
+            dgamma[j] += gz[k];
+            dbeta[j] += s1[k];
+          }
+          mean_g1 /= d * len;
+          mean_gz /= d * len;
+          for (int64_t j = 0; j < d; ++j) {
+            const int64_t k = s * d + j;
+            p1[k] = r * gam[j];
+            q1[k] = -r * r * mean_gz * alg.a[j];
+            k1[k] = -r * mean_g1 - r * r * mean_gz * (alg.m1[k] - alg.mu[s] - alg.a[j] * m[k]);
+            // sums over the plane of dx1 and of dx1 (x - mean_j)
+            const double dm = m[k] - mean_g[j];
+            sum1[j] += p1[k] * s1[k] + q1[k] * len * m[k] + k1[k] * len;
+            sum2[j] += p1[k] * (s2[k] + dm * s1[k]) + q1[k] * len * (v[k] + m[k] * dm) +
+                       k1[k] * len * dm;
+          }
+        }
+        for (int64_t j = 0; j < d; ++j) {  // BatchNorm part
+          const double inv_var = 1.0 / (var_g[j] + eps), count = n * len;
+          const double drop_mean = estimate ? 0.0 : sum1[j] / count;
+          const double drop_x = estimate ? 0.0 : sum2[j] * inv_var / count;
+          const double aj = alg.a[j];
+          for (int64_t s = 0; s < n; ++s) {
+            const int64_t k = s * d + j, plane = s * channels + c0 + j;
+            const scalar_t P = static_cast<scalar_t>(aj * p1[k]);
+            const scalar_t Q = static_cast<scalar_t>(aj * (q1[k] - drop_x));
+            const scalar_t K = static_cast<scalar_t>(aj * (k1[k] - drop_mean + mean_g[j] * drop_x));
+            const scalar_t* gp = pg + plane * size;
+            const scalar_t* xp = px + plane * size;
+            scalar_t* out = pd + plane * size;
+            for (int64_t i = 0; i < size; ++i) out[i] = P * gp[i] + Q * xp[i] + K;
+          }
+          pdw[c0 + j] = static_cast<scalar_t>(sum2[j] * std::sqrt(inv_var));
+          pdb[c0 + j] = static_cast<scalar_t>(sum1[j]);
+          pdgamma[c0 + j] = static_cast<scalar_t>(dgamma[j]);
+          pdbeta[c0 + j] = static_cast<scalar_t>(dbeta[j]);
+        }
+      }
+    });
+  });
+  return {dx, d_bn_w, d_bn_b, d_gamma, d_beta};
 }
 
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("plane_moments", &plane_moments, "per-(n, c) mean and biased variance over (H, W)");
-  m.def("plane_affine", &plane_affine, "scale[n, c] * x + shift[n, c]");
-  m.def("plane_grad_sums", &plane_grad_sums, "per-(n, c) sum(g) and sum(g * (x - centre))");
-  m.def("fixed_step1_forward", &fixed_step1_forward,
-        "BCN forward with step 1 a fixed per-channel affine (a, b); per-channel gamma, beta");
-  m.def("plane_affine_backward", &plane_affine_backward, "a[n, c] * g + b[n, c] * x + c[n, c]");
+  m.def("inference_forward", &inference_forward, "BCN forward with step 1 fixed, one task per (sample, group)");
+  m.def("train_forward", &train_forward, "BCN forward in training, one task per group");
+  m.def("train_backward", &train_backward, "BCN backward, one task per group");
 }

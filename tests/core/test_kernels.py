@@ -14,9 +14,8 @@ from bcn import kernels
 from tests.conftest import rel_err
 from tests.core import reference as ref
 from tests.core.test_norm import random_bcn, random_input
-
 # planes smaller than a vector, exactly one block, and several blocks with a ragged tail
-SHAPES = [(2, 3, 1, 5), (1, 4, 32, 64), (3, 5, 67, 61)]
+SHAPES = [(2, 4, 1, 5), (1, 4, 32, 64), (3, 8, 67, 61)]
 
 
 @pytest.fixture(scope="module")
@@ -27,38 +26,52 @@ def ops():
     return built
 
 
-def planes64(t):
-    return t.double().flatten(2)
-
-
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_moments_and_gradient_sums(ops, fresh_seed, shape, dtype):
-    # a large offset: variance taken as E[x^2] - E[x]^2 around zero would cancel badly
+def test_statistics_of_a_far_offset_map(ops, fresh_seed, shape, dtype):
+    # mean 1000, std 0.5: variance taken as E[x^2] - E[x]^2 around zero would cancel badly
     x = (torch.randn(shape, dtype=torch.float64) * 0.5 + 1000.0).to(dtype)
-    g = torch.randn(shape, dtype=dtype)
-    mean, var = ops.plane_moments(x)
-    x64 = planes64(x)
-    m64 = x64.mean(-1)
-    v64 = ((x64 - m64[..., None]) ** 2).mean(-1)
+    ones, zeros, none = torch.ones(shape[1], dtype=dtype), torch.zeros(shape[1], dtype=dtype), torch.empty(0, dtype=dtype)
+    y, plane_mean, plane_var, mean, var = ops.train_forward(x, False, none, none, 0.0, ones, zeros,
+                                                            ones, zeros, 2, 1e-5)
+    planes = x.double().flatten(2)
+    m64 = planes.mean(-1)
+    v64 = ((planes - m64[..., None]) ** 2).mean(-1)
+    batch = x.double().transpose(0, 1).flatten(1)
     tol = 1e-6 if dtype == torch.float32 else 1e-12
-    assert rel_err(mean, m64) < tol
-    assert rel_err(var, v64) < (1e-4 if dtype == torch.float32 else 1e-9)  # var/mean^2 ~ 2.5e-7
-    centre = torch.randn(shape[:2], dtype=dtype) + 1000.0
-    sum_g, sum_gx = ops.plane_grad_sums(g, x, centre)
-    assert rel_err(sum_g, planes64(g).sum(-1)) < tol
-    assert rel_err(sum_gx, (planes64(g) * (x64 - centre.double()[..., None])).sum(-1)) < tol * 10
+    assert rel_err(plane_mean, m64) < tol and rel_err(mean, batch.mean(1)) < tol
+    var_tol = 1e-4 if dtype == torch.float32 else 1e-9  # var / mean^2 ~ 2.5e-7
+    assert rel_err(plane_var, v64) < var_tol and rel_err(var, batch.var(1, correction=0)) < var_tol
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_elementwise_passes(ops, fresh_seed, dtype):
-    x, g = torch.randn(3, 5, 67, 61, dtype=dtype), torch.randn(3, 5, 67, 61, dtype=dtype)
-    a, b, c = (torch.randn(3, 5, dtype=dtype) for _ in range(3))
-    per = lambda t: t.double()[..., None, None]
-    tol = 1e-7 if dtype == torch.float32 else 1e-15
-    assert rel_err(ops.plane_affine(x, a, b), per(a) * x.double() + per(b)) < tol
-    assert rel_err(ops.plane_affine_backward(g, x, a, b, c),
-                   per(a) * g.double() + per(b) * x.double() + per(c)) < tol
+LARGE = [(3, 64, 67, 61, 32), (1, 128, 50, 41, 32), (2, 2048, 3, 5, 32)]
+
+
+@pytest.mark.parametrize("n,c,h,w,g", LARGE)
+@pytest.mark.parametrize("mode", bcn.MODES)
+@pytest.mark.parametrize("affine", bcn.AFFINES)
+def test_large_maps_against_the_reference(ops, fresh_seed, n, c, h, w, g, mode, affine):
+    """Many blocks per plane and many groups, forward and every gradient, in float32."""
+    layer = random_bcn(c, g, mode, affine).train()
+    bcn.set_estimate_rate(layer, 0.3)
+    x = random_input(n, c, h, w).requires_grad_(True)
+    old = layer.pbn.running_mean.double().clone(), layer.pbn.running_var.double().clone()
+    y = layer(x)
+    xr = x.detach().double().requires_grad_(True)
+    p = {k: v.detach().double().requires_grad_(True) for k, v in layer.named_parameters()}
+    if mode == "batch":
+        mean, var, _ = ref.batch_stats(xr)
+    else:
+        mean, var = (t.detach() for t in ref.algorithm1_update(xr, *old, 0.3))
+    yr = ref.channel_part(ref.batch_part(xr, mean, var, p["pbn.weight"], p["pbn.bias"]), g,
+                          p["weight"], p["bias"])
+    assert rel_err(y, yr) < 1e-5
+    grad = torch.randn_like(y)
+    y.backward(grad)
+    yr.backward(grad.double())
+    assert rel_err(x.grad, xr.grad) < 1e-5
+    for name, param in layer.named_parameters():
+        assert rel_err(param.grad, p[name].grad) < 1e-5, name
 
 
 @pytest.mark.parametrize("shape,groups", [((2, 64, 67, 61), 32), ((1, 96, 5, 3), 4)])
@@ -95,15 +108,19 @@ def test_results_do_not_depend_on_the_thread_count(ops, fresh_seed):
 
 
 def test_bad_inputs_are_named(ops):
-    x = torch.randn(2, 4, 3, 3)
+    x, ones = torch.randn(2, 4, 3, 3), torch.ones(4)
+    none = torch.empty(0)
     with pytest.raises(RuntimeError, match="contiguous"):
-        ops.plane_moments(x.transpose(2, 3))
+        ops.inference_forward(x.transpose(2, 3), *(ones,) * 6, 2, 1e-5)
     with pytest.raises(RuntimeError, match="float32 or float64"):
-        ops.plane_moments(x.half())
-    with pytest.raises(RuntimeError, match=r"\(N, C\)"):
-        ops.plane_affine(x, torch.ones(5), torch.ones(2, 4))
-    with pytest.raises(RuntimeError, match="groups do not divide"):
-        ops.fixed_step1_forward(x, *(torch.ones(4),) * 4, 3, 1e-5)
+        ops.inference_forward(x.half(), *(ones.half(),) * 6, 2, 1e-5)
+    with pytest.raises(RuntimeError, match=r"\(C,\)"):
+        ops.train_forward(x, False, none, none, 0.0, torch.ones(5), *(ones,) * 3, 2, 1e-5)
+    with pytest.raises(RuntimeError, match="3 groups do not divide 4 channels"):
+        ops.inference_forward(x, *(ones,) * 6, 3, 1e-5)
+    with pytest.raises(RuntimeError, match="grad and x differ"):
+        ops.train_backward(x[:1].contiguous(), x, torch.ones(2, 4), torch.ones(2, 4), False,
+                           *(ones,) * 5, 2, 1e-5)
 
 
 FALLBACK = textwrap.dedent("""
