@@ -3,6 +3,7 @@
 Shapes: x is (N, C, *spatial). Per-channel vectors are (C,). Statistics are taken over every
 dimension except the channel one, biased (divide by the count), as BatchNorm does.
 """
+import math
 from typing import Tuple
 
 import torch
@@ -76,6 +77,14 @@ def weight_standardize(
     segmentation script).
     """
     flat = weight.reshape(weight.shape[0], -1)
+    k = flat.shape[1]
+    if form == "eps_in_sqrt" and k > 1:
+        # The same value through F.layer_norm (biased variance), one fused kernel forward and
+        # backward -- var_mean plus elementwise ops measured ~30% of a toy training iteration:
+        #   (W - m) / sqrt(var_unbiased + eps) = sqrt((k-1)/k) (W - m) / sqrt(var_biased + eps (k-1)/k)
+        shrink = (k - 1) / k
+        scale = flat.new_full((k,), math.sqrt(shrink))  # as layer_norm's affine: no extra pass
+        return F.layer_norm(flat, (k,), weight=scale, eps=eps * shrink).reshape(weight.shape)
     var, mean = torch.var_mean(flat, dim=1, keepdim=True, correction=1)
     if form == "eps_in_sqrt":
         flat = (flat - mean) / torch.sqrt(var + eps)

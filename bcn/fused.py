@@ -21,51 +21,40 @@ from torch import Tensor
 from .kernels import plane_ops
 
 
-def _per_channel(weight: Tensor, groups: int, channels: int) -> Tensor:
-    """BCN's step-2 affine, (1, G, 1) per group or (C,) per channel, as (C,) (differentiable)."""
-    return weight.reshape(groups, -1).expand(groups, channels // groups).reshape(channels)
-
-
 class _TrainingBatchChannelNorm(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, estimate, old_mean, old_var, rate, bn_weight, bn_bias, gamma, beta, groups, eps):
+    def forward(ctx, x, estimate, state, rate, update, bn_weight, bn_bias, gn_weight, gn_bias, groups, eps):
         y, plane_mean, plane_var, mean, var = plane_ops().train_forward(
-            x, estimate, old_mean, old_var, rate, bn_weight, bn_bias, gamma, beta, groups, eps)
-        ctx.save_for_backward(x, plane_mean, plane_var, mean, var, bn_weight, bn_bias, gamma)
+            x, estimate, *state, rate, update, bn_weight, bn_bias, gn_weight.reshape(-1),
+            gn_bias.reshape(-1), groups, eps)
+        ctx.save_for_backward(x, plane_mean, plane_var, mean, var, bn_weight, bn_bias, gn_weight)
         ctx.estimate, ctx.groups, ctx.eps = estimate, groups, eps
-        ctx.mark_non_differentiable(mean, var)
-        return y, mean, var
+        return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad, _grad_mean, _grad_var):
-        x, plane_mean, plane_var, mean, var, bn_weight, bn_bias, gamma = ctx.saved_tensors
-        dx, d_bn_weight, d_bn_bias, d_gamma, d_beta = plane_ops().train_backward(
+    def backward(ctx, grad):
+        x, plane_mean, plane_var, mean, var, bn_weight, bn_bias, gn_weight = ctx.saved_tensors
+        dx, d_bn_weight, d_bn_bias, d_gn_weight, d_gn_bias = plane_ops().train_backward(
             grad.contiguous(), x, plane_mean, plane_var, ctx.estimate, mean, var, bn_weight,
-            bn_bias, gamma, ctx.groups, ctx.eps)
-        return dx, None, None, None, None, d_bn_weight, d_bn_bias, d_gamma, d_beta, None, None
+            bn_bias, gn_weight.reshape(-1), ctx.groups, ctx.eps)
+        return (dx, None, None, None, None, d_bn_weight, d_bn_bias,
+                d_gn_weight.view_as(gn_weight), d_gn_bias.view_as(gn_weight), None, None)
 
 
 def batch_channel_norm_training(x: Tensor, groups: int, bn_weight: Tensor, bn_bias: Tensor,
-                                gn_weight: Tensor, gn_bias: Tensor, eps: float,
-                                estimates: Optional[Tuple[Tensor, Tensor, float]] = None
-                                ) -> Tuple[Tensor, Tensor, Tensor]:
-    """BCN in training. estimates None: step 1 with the batch's statistics (differentiated
-    through, Eq. 16); (mean, var, rate): step 1 with these estimates moved at ``rate`` towards
-    the batch first (Algorithm 1; constants to autograd). Returns the output and the step-1
-    statistics used: the batch's mean and biased variance, or the updated estimates -- for
-    the caller to commit to its running state."""
-    channels = x.shape[1]
-    gamma, beta = (_per_channel(t, groups, channels) for t in (gn_weight, gn_bias))
-    if estimates is None:
-        old_mean = old_var = torch.empty(0, dtype=x.dtype)
-        rate, estimate = 0.0, False
-    else:
-        old_mean, old_var, rate = estimates
-        old_mean, old_var, estimate = old_mean.detach().contiguous(), old_var.detach().contiguous(), True
-    return _TrainingBatchChannelNorm.apply(x.contiguous(), estimate, old_mean, old_var, float(rate),
-                                           bn_weight.contiguous(), bn_bias.contiguous(), gamma, beta,
-                                           groups, eps)
+                                gn_weight: Tensor, gn_bias: Tensor, eps: float, estimate: bool,
+                                state: Tuple[Tensor, Tensor, Tensor, Tensor], rate: float,
+                                update: bool = True) -> Tensor:
+    """BCN in training. state: step 1's (running_mean, running_var, num_batches_tracked,
+    skipped_updates). estimate False: step 1 with the batch's statistics (differentiated
+    through, Eq. 16), and with update the running averages move at momentum ``rate``
+    (BatchNorm's: unbiased variance). estimate True: step 1 with the estimates moved at
+    ``rate`` towards the batch first (Algorithm 1; constants to autograd), and with update they
+    are stored. A batch whose new running state is not finite leaves it as it was and counts
+    in skipped_updates. gn_weight / gn_bias: (1, G, 1) per group or (C,) per channel."""
+    return _TrainingBatchChannelNorm.apply(x.contiguous(), estimate, state, float(rate), update,
+                                           bn_weight, bn_bias, gn_weight, gn_bias, groups, eps)
 
 
 def batch_channel_norm_inference(x: Tensor, groups: int, bn_weight: Tensor, bn_bias: Tensor,
@@ -74,8 +63,5 @@ def batch_channel_norm_inference(x: Tensor, groups: int, bn_weight: Tensor, bn_b
     """BCN with step 1 fixed to (mean, var), without gradient: one task per (sample, group),
     the group's moments and then its output while it is in cache, as GroupNorm runs."""
     with torch.no_grad():
-        channels = x.shape[1]
-        gamma, beta = (_per_channel(t, groups, channels).contiguous() for t in (gn_weight, gn_bias))
-        return plane_ops().inference_forward(x.contiguous(), mean.contiguous(), var.contiguous(),
-                                             bn_weight.contiguous(), bn_bias.contiguous(), gamma, beta,
-                                             groups, eps)
+        return plane_ops().inference_forward(x.contiguous(), mean, var, bn_weight, bn_bias,
+                                             gn_weight.reshape(-1), gn_bias.reshape(-1), groups, eps)

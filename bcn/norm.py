@@ -154,42 +154,25 @@ class BatchChannelNorm2d(nn.GroupNorm):
                 and kernels.serves(x))
 
     def _fused(self, x: torch.Tensor) -> torch.Tensor:
-        """Both steps in the kernels of bcn.fused, with the running state updated as the
+        """Both steps in the kernels of bcn.fused, which also update the running state as the
         reference path does -- BatchNorm's momentum and unbiased variance in batch mode,
-        Algorithm 1 in estimate mode -- and guarded against non-finite batches the same way."""
+        Algorithm 1 in estimate mode -- guarded against non-finite batches the same way."""
         pbn = self.pbn
         params = (pbn.weight, pbn.bias, self.weight, self.bias)
-        args = (self.num_groups, *params, self.eps)
+        state = (pbn.running_mean, pbn.running_var, pbn.num_batches_tracked, self.skipped_updates)
         if not pbn.training:  # eval, or a framework's norm_eval put only the BN part in eval
             if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
                 # fixed statistics are estimates moved at rate 0: constants to autograd
-                stats = (pbn.running_mean, pbn.running_var, 0.0)
-                return fused.batch_channel_norm_training(x, *args, estimates=stats)[0]
-            return fused.batch_channel_norm_inference(x, *args, pbn.running_mean, pbn.running_var)
-        if isinstance(pbn, EstimateBatchNorm2d):
-            if not pbn.rate_is_set:
-                _warn_rate_not_set(pbn)
-            stats = (pbn.running_mean, pbn.running_var, pbn.rate.item())
-            y, new_mean, new_var = fused.batch_channel_norm_training(x, *args, estimates=stats)
-            self._commit((new_mean, new_var))
-            return y
-        y, batch_mean, batch_var = fused.batch_channel_norm_training(x, *args)
-        with torch.no_grad():
-            count = x.numel() // x.shape[1]
-            unbiased = batch_var * (count / max(count - 1, 1))
-            r = pbn.momentum
-            self._commit(((1 - r) * pbn.running_mean + r * batch_mean,
-                          (1 - r) * pbn.running_var + r * unbiased))
-        return y
-
-    def _commit(self, new) -> None:
-        """Write new running mean/var (and count the batch) unless they are not finite."""
-        pbn = self.pbn
-        finite = torch.isfinite(new[0]).all() & torch.isfinite(new[1]).all()
-        pbn.running_mean.copy_(torch.where(finite, new[0], pbn.running_mean))
-        pbn.running_var.copy_(torch.where(finite, new[1], pbn.running_var))
-        pbn.num_batches_tracked.add_(finite.long())
-        self.skipped_updates.add_((~finite).long())
+                return fused.batch_channel_norm_training(x, self.num_groups, *params, self.eps, True,
+                                                         state, 0.0, update=False)
+            return fused.batch_channel_norm_inference(x, self.num_groups, *params, self.eps,
+                                                      pbn.running_mean, pbn.running_var)
+        estimate = isinstance(pbn, EstimateBatchNorm2d)
+        if estimate and not pbn.rate_is_set:
+            _warn_rate_not_set(pbn)
+        rate = float(pbn.rate) if estimate else pbn.momentum
+        return fused.batch_channel_norm_training(x, self.num_groups, *params, self.eps, estimate,
+                                                 state, rate)
 
     def _batch_part(self, x: torch.Tensor) -> torch.Tensor:
         """Step 1, with its running state protected: a batch with NaN/inf statistics leaves

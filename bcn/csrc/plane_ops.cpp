@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstring>
 #include <initializer_list>
+#include <numeric>
 #include <tuple>
 #include <type_traits>
 #include <vector>
@@ -200,13 +201,31 @@ void check_channels(std::initializer_list<const at::Tensor*> ts, const at::Tenso
   }
 }
 
+// BCN's step-2 affine: one value per group ((1, G, 1), the published layout) or per channel.
+void check_affine(std::initializer_list<const at::Tensor*> ts, const at::Tensor& x, int64_t groups) {
+  for (const at::Tensor* t : ts) {
+    TORCH_CHECK(t->device().is_cpu() && t->is_contiguous() && t->scalar_type() == x.scalar_type() &&
+                    (t->numel() == groups || t->numel() == x.size(1)),
+                "bcn plane ops: the group affine must be a contiguous CPU tensor of the map's dtype "
+                "with one value per group or per channel");
+  }
+}
+
+// Group g's D channels of a step-2 affine tensor.
+template <typename scalar_t>
+std::vector<double> affine_of(const at::Tensor& t, int64_t g, int64_t d, int64_t channels) {
+  if (t.numel() == channels) return gather<scalar_t>(t, g * d, d);
+  return std::vector<double>(d, static_cast<double>(t.const_data_ptr<scalar_t>()[g]));
+}
+
 // Step 1 fixed (eval): one task per (sample, group) -- the unit GroupNorm itself uses.
 at::Tensor inference_forward(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& var,
                              const at::Tensor& bn_w, const at::Tensor& bn_b,
                              const at::Tensor& gamma, const at::Tensor& beta, int64_t groups,
                              double eps) {
   check_map(x, "x");
-  check_channels({&mean, &var, &bn_w, &bn_b, &gamma, &beta}, x);
+  check_channels({&mean, &var, &bn_w, &bn_b}, x);
+  check_affine({&gamma, &beta}, x, groups);
   const int64_t n = x.size(0), channels = x.size(1), size = x.size(2) * x.size(3);
   check_groups(groups, channels);
   const int64_t d = channels / groups;
@@ -222,7 +241,9 @@ at::Tensor inference_forward(const at::Tensor& x, const at::Tensor& mean, const 
         const scalar_t* block = px + (s * channels + c0) * size;
         for (int64_t j = 0; j < d; ++j) moments_of(block + j * size, size, m[j], v[j]);
         const auto channel = [&](const at::Tensor& t) { return gather<scalar_t>(t, c0, d); };
-        const auto gam = channel(gamma), bet = channel(beta);
+        const int64_t g = task % groups;
+        const auto gam = affine_of<scalar_t>(gamma, g, d, channels);
+        const auto bet = affine_of<scalar_t>(beta, g, d, channels);
         alg.solve(m.data(), v.data(), channel(mean).data(), channel(var).data(),
                   channel(bn_w).data(), channel(bn_b).data());
         alg.write(0, gam.data(), bet.data(), block, py + (s * channels + c0) * size, size);
@@ -232,17 +253,53 @@ at::Tensor inference_forward(const at::Tensor& x, const at::Tensor& mean, const 
   return y;
 }
 
+// Running state after a training batch, written only if finite (else counted as skipped):
+// estimate mode -- the updated estimates themselves; batch mode -- BatchNorm's running
+// averages at `momentum`, with the unbiased batch variance.
+template <typename scalar_t>
+void commit_running_state(bool estimate, double momentum, int64_t count, const scalar_t* mean,
+                          const scalar_t* var, const at::Tensor& running_mean,
+                          const at::Tensor& running_var, const at::Tensor& batches,
+                          const at::Tensor& skipped) {
+  const int64_t channels = running_mean.numel();
+  scalar_t* rm = running_mean.mutable_data_ptr<scalar_t>();
+  scalar_t* rv = running_var.mutable_data_ptr<scalar_t>();
+  const double unbiased = count > 1 ? static_cast<double>(count) / (count - 1) : 1.0;
+  std::vector<scalar_t> new_mean(channels), new_var(channels);
+  bool finite = true;
+  for (int64_t c = 0; c < channels; ++c) {
+    new_mean[c] = estimate ? mean[c] : static_cast<scalar_t>((1 - momentum) * rm[c] + momentum * mean[c]);
+    new_var[c] = estimate ? var[c]
+                          : static_cast<scalar_t>((1 - momentum) * rv[c] + momentum * unbiased * var[c]);
+    finite = finite && std::isfinite(static_cast<double>(new_mean[c])) &&
+             std::isfinite(static_cast<double>(new_var[c]));
+  }
+  if (!finite) {
+    skipped.mutable_data_ptr<int64_t>()[0] += 1;
+    return;
+  }
+  std::copy(new_mean.begin(), new_mean.end(), rm);
+  std::copy(new_var.begin(), new_var.end(), rv);
+  batches.mutable_data_ptr<int64_t>()[0] += 1;
+}
+
 // BCN forward in training. estimate=false: step 1 with batch statistics; true: with the
-// estimates (old_mean, old_var) updated at `rate` first (old_* unused otherwise).
-// Returns y, per-plane mean and biased variance (N, C), and the step-1 statistics used (C):
-// the batch's biased statistics, or the updated estimates.
+// estimates (running_mean, running_var) moved at `rate` towards the batch first (Algorithm 1).
+// update: then commit the running state (commit_running_state; `rate` is BatchNorm's momentum
+// in batch mode). Returns y, per-plane mean and biased variance (N, C), and the step-1
+// statistics used (C): the batch's biased statistics, or the updated estimates.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_forward(
-    const at::Tensor& x, bool estimate, const at::Tensor& old_mean, const at::Tensor& old_var,
-    double rate, const at::Tensor& bn_w, const at::Tensor& bn_b, const at::Tensor& gamma,
-    const at::Tensor& beta, int64_t groups, double eps) {
+    const at::Tensor& x, bool estimate, const at::Tensor& running_mean,
+    const at::Tensor& running_var, const at::Tensor& batches, const at::Tensor& skipped,
+    double rate, bool update, const at::Tensor& bn_w, const at::Tensor& bn_b,
+    const at::Tensor& gamma, const at::Tensor& beta, int64_t groups, double eps) {
   check_map(x, "x");
-  check_channels({&bn_w, &bn_b, &gamma, &beta}, x);
-  if (estimate) check_channels({&old_mean, &old_var}, x);
+  check_channels({&running_mean, &running_var, &bn_w, &bn_b}, x);
+  check_affine({&gamma, &beta}, x, groups);
+  for (const at::Tensor* t : {&batches, &skipped}) {
+    TORCH_CHECK(t->device().is_cpu() && t->numel() == 1 && t->scalar_type() == at::kLong,
+                "bcn plane ops: batch counters must be one-element int64 CPU tensors");
+  }
   const int64_t n = x.size(0), channels = x.size(1), size = x.size(2) * x.size(3);
   check_groups(groups, channels);
   const int64_t d = channels / groups;
@@ -263,11 +320,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_for
           for (int64_t j = 0; j < d; ++j)
             moments_of(px + (s * channels + c0 + j) * size, size, m[s * d + j], v[s * d + j]);
         const auto channel = [&](const at::Tensor& t) { return gather<scalar_t>(t, c0, d); };
-        std::vector<double> old_m, old_v;
-        if (estimate) old_m = channel(old_mean), old_v = channel(old_var);
-        step1_statistics(n, d, m.data(), v.data(), estimate, old_m.data(), old_v.data(), rate,
-                         mean_g.data(), var_g.data());
-        const auto gam = channel(gamma), bet = channel(beta);
+        step1_statistics(n, d, m.data(), v.data(), estimate, channel(running_mean).data(),
+                         channel(running_var).data(), rate, mean_g.data(), var_g.data());
+        const auto gam = affine_of<scalar_t>(gamma, g, d, channels);
+        const auto bet = affine_of<scalar_t>(beta, g, d, channels);
         alg.solve(m.data(), v.data(), mean_g.data(), var_g.data(), channel(bn_w).data(),
                   channel(bn_b).data());
         for (int64_t s = 0; s < n; ++s) {
@@ -284,6 +340,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_for
         }
       }
     });
+    if (update) {
+      commit_running_state<scalar_t>(estimate, rate, n * size, pmean, pvar, running_mean,
+                                     running_var, batches, skipped);
+    }
   });
   return {y, plane_mean, plane_var, mean, var};
 }
@@ -303,13 +363,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_bac
   check_grad_and_map(grad, x);
   check_coefficient(plane_mean, x, "plane_mean");
   check_coefficient(plane_var, x, "plane_var");
-  check_channels({&mean, &var, &bn_w, &bn_b, &gamma}, x);
+  check_channels({&mean, &var, &bn_w, &bn_b}, x);
+  check_affine({&gamma}, x, groups);
   const int64_t n = x.size(0), channels = x.size(1), size = x.size(2) * x.size(3);
   check_groups(groups, channels);
   const int64_t d = channels / groups;
+  const bool per_group = gamma.numel() != channels;
   auto dx = at::empty_like(x);
   auto d_bn_w = at::empty({channels}, x.options()), d_bn_b = at::empty_like(d_bn_w);
-  auto d_gamma = at::empty_like(d_bn_w), d_beta = at::empty_like(d_bn_w);
+  auto d_gamma = at::empty_like(gamma), d_beta = at::empty_like(gamma);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "train_backward", [&] {
     const scalar_t* pg = grad.const_data_ptr<scalar_t>();
     const scalar_t* px = x.const_data_ptr<scalar_t>();
@@ -341,7 +403,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_bac
           }
         }
         const auto channel = [&](const at::Tensor& t) { return gather<scalar_t>(t, c0, d); };
-        const auto mean_g = channel(mean), var_g = channel(var), gam = channel(gamma);
+        const auto mean_g = channel(mean), var_g = channel(var);
+        const auto gam = affine_of<scalar_t>(gamma, g, d, channels);
         alg.solve(m.data(), v.data(), mean_g.data(), var_g.data(), channel(bn_w).data(),
                   channel(bn_b).data());
         std::vector<double> dgamma(d, 0.0), dbeta(d, 0.0), sum1(d, 0.0), sum2(d, 0.0);
@@ -387,8 +450,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_bac
           }
           pdw[c0 + j] = static_cast<scalar_t>(sum2[j] * std::sqrt(inv_var));
           pdb[c0 + j] = static_cast<scalar_t>(sum1[j]);
-          pdgamma[c0 + j] = static_cast<scalar_t>(dgamma[j]);
-          pdbeta[c0 + j] = static_cast<scalar_t>(dbeta[j]);
+          if (!per_group) {
+            pdgamma[c0 + j] = static_cast<scalar_t>(dgamma[j]);
+            pdbeta[c0 + j] = static_cast<scalar_t>(dbeta[j]);
+          }
+        }
+        if (per_group) {
+          pdgamma[g] = static_cast<scalar_t>(std::accumulate(dgamma.begin(), dgamma.end(), 0.0));
+          pdbeta[g] = static_cast<scalar_t>(std::accumulate(dbeta.begin(), dbeta.end(), 0.0));
         }
       }
     });

@@ -31,9 +31,10 @@ def ops():
 def test_statistics_of_a_far_offset_map(ops, fresh_seed, shape, dtype):
     # mean 1000, std 0.5: variance taken as E[x^2] - E[x]^2 around zero would cancel badly
     x = (torch.randn(shape, dtype=torch.float64) * 0.5 + 1000.0).to(dtype)
-    ones, zeros, none = torch.ones(shape[1], dtype=dtype), torch.zeros(shape[1], dtype=dtype), torch.empty(0, dtype=dtype)
-    y, plane_mean, plane_var, mean, var = ops.train_forward(x, False, none, none, 0.0, ones, zeros,
-                                                            ones, zeros, 2, 1e-5)
+    ones, zeros = torch.ones(shape[1], dtype=dtype), torch.zeros(shape[1], dtype=dtype)
+    counters = torch.zeros((), dtype=torch.long), torch.zeros((), dtype=torch.long)
+    y, plane_mean, plane_var, mean, var = ops.train_forward(
+        x, False, zeros.clone(), ones.clone(), *counters, 0.1, False, ones, zeros, ones, zeros, 2, 1e-5)
     planes = x.double().flatten(2)
     m64 = planes.mean(-1)
     v64 = ((planes - m64[..., None]) ** 2).mean(-1)
@@ -109,13 +110,18 @@ def test_results_do_not_depend_on_the_thread_count(ops, fresh_seed):
 
 def test_bad_inputs_are_named(ops):
     x, ones = torch.randn(2, 4, 3, 3), torch.ones(4)
-    none = torch.empty(0)
+    counter = torch.zeros((), dtype=torch.long)
     with pytest.raises(RuntimeError, match="contiguous"):
         ops.inference_forward(x.transpose(2, 3), *(ones,) * 6, 2, 1e-5)
     with pytest.raises(RuntimeError, match="float32 or float64"):
         ops.inference_forward(x.half(), *(ones.half(),) * 6, 2, 1e-5)
     with pytest.raises(RuntimeError, match=r"\(C,\)"):
-        ops.train_forward(x, False, none, none, 0.0, torch.ones(5), *(ones,) * 3, 2, 1e-5)
+        ops.train_forward(x, False, ones, ones, counter, counter, 0.1, True, torch.ones(5), ones,
+                          ones, ones, 2, 1e-5)
+    with pytest.raises(RuntimeError, match="one value per group or per channel"):
+        ops.inference_forward(x, *(ones,) * 4, torch.ones(3), ones, 2, 1e-5)
+    with pytest.raises(RuntimeError, match="int64"):
+        ops.train_forward(x, False, ones, ones, counter.int(), counter, 0.1, True, *(ones,) * 4, 2, 1e-5)
     with pytest.raises(RuntimeError, match="3 groups do not divide 4 channels"):
         ops.inference_forward(x, *(ones,) * 6, 3, 1e-5)
     with pytest.raises(RuntimeError, match="grad and x differ"):
