@@ -43,7 +43,7 @@ class BCNFactory:
         o = cfg.MODEL.BCN
         self.key = key
         self.kwargs = dict(num_groups=o.NUM_GROUPS, eps=o.EPS, momentum=o.MOMENTUM,
-                           mode=o.MODE, affine=o.AFFINE)
+                           mode=o.MODE, affine=o.AFFINE, impl=o.IMPL)
         bcn.norm.check_bcn_args(o.NUM_GROUPS, o.NUM_GROUPS, o.MODE, o.AFFINE)
 
     def __call__(self, channels: int) -> bcn.BatchChannelNorm2d:

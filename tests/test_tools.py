@@ -58,3 +58,24 @@ def test_analyze_model_reports_every_normalized_layer(toy_root, toy_voc, tmp_pat
     result = run("tools/analyze_model.py", "seg", str(config), str(seg_weights), "--images", "2")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "backbone.layer1.0.bn1" in result.stdout and result.stdout.strip().splitlines()[-1].startswith("mean")
+
+
+def test_benchmark_norm_writes_its_table(tmp_path):
+    out = tmp_path / "norm.md"
+    result = run("tools/benchmark_norm.py", "--repeats", "1", "--shapes", "2x64x6x10", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = out.read_text()
+    for name in ("GroupNorm", "BCN composition (reference)", "BCN batch (fused)", "BCN estimate (fused)"):
+        assert name in table
+    assert "training" in table and "eval" in table and "2x64x6x10" in table
+
+
+def test_benchmark_model_writes_its_table(tmp_path):
+    out = tmp_path / "model.md"
+    result = run("tools/benchmark_model.py", "--repeats", "1", "--models", "mask_rcnn_r18,deeplabv3_r50",
+                 "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = out.read_text()
+    assert "Mask R-CNN R18-FPN" in table and "DeepLabV3 R50" in table
+    for row in ("training iteration, BCN+WS", "training iteration, GN+WS", "inference, BCN+WS folded"):
+        assert table.count(row) == 2, row

@@ -1,12 +1,14 @@
 #!/usr/bin/env python
-"""Whole-model cost of BCN+WS against GN, on the toy Mask R-CNN (ResNet-18-FPN, 128 px):
-training iteration (forward + backward), inference unfolded and folded (bcn_det.fold_bcn),
-and the StatDiff hook's overhead (tracker active on one iteration in N).
+"""Whole-model cost of BCN+WS against GN at toy sizes: Mask R-CNN (ResNet-18-FPN and
+ResNet-50-FPN, 128 px, 2 images) and DeepLabV3 (ResNet-50, 96 px, 4 images). Training
+iteration (forward + backward) of GN, GN+WS and BCN+WS; inference of GN, BCN+WS unfolded and
+BCN+WS folded (plain convolutions + GroupNorm, bcn_det/bcn_seg.fold_bcn); for Mask R-CNN
+R18 also the StatDiff hook's overhead (tracker active on one iteration in N).
 
-    python tools/benchmark_model.py [--repeats 9] [--statdiff-period 20] [--out output/benchmark_model.md]
+    python tools/benchmark_model.py [--repeats 9] [--models mask_rcnn_r18,mask_rcnn_r50,deeplabv3_r50]
 
-Models run interleaved in a shuffled order within each repeat; ratios are medians over repeats
-of per-repeat ratios to the GN model, so machine noise hits all candidates alike.
+Variants run interleaved in a shuffled order within each repeat; ratios are medians over
+repeats of per-repeat ratios, so machine noise hits all variants alike.
 """
 import argparse
 import copy
@@ -17,30 +19,13 @@ from pathlib import Path
 
 import torch
 
+import bcn
 
-def build(config, *opts):
-    from detectron2.modeling import build_model
-
-    from bcn_det.config import load_config
-
-    cfg = load_config(config, ["MODEL.DEVICE", "cpu", *opts])
-    torch.manual_seed(0)
-    return cfg, build_model(cfg)
-
-
-def toy_batch(cfg):
-    from detectron2.data import build_detection_train_loader
-
-    import bcn_det
-
-    bcn_det.register_toy_coco(cfg.DATASETS.TOY_ROOT or None)
-    return next(iter(build_detection_train_loader(cfg)))
-
-
-def timed(fn):
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+DET_CONFIG = "configs/detectron2/toy/mask_rcnn_R18_FPN_{}_toy.yaml"
+SEG_CONFIG = "configs/mmseg/toy/deeplabv3_r18_{}_toy.py"
+DET_R50 = ["MODEL.RESNETS.DEPTH", "50", "MODEL.RESNETS.RES2_OUT_CHANNELS", "256"]
+SEG_R50 = {"model.backbone.depth": 50, "model.decode_head.in_channels": 2048,
+           "model.auxiliary_head.in_channels": 1024}
 
 
 def interleaved(candidates, repeats):
@@ -51,42 +36,61 @@ def interleaved(candidates, repeats):
         order = list(candidates)
         random.shuffle(order)
         for name in order:
-            times[name].append(timed(candidates[name]))
+            start = time.perf_counter()
+            candidates[name]()
+            times[name].append(time.perf_counter() - start)
     return times
 
 
-def main(argv=None):
-    import bcn
-    import bcn_det
+def ratio(times, name, base):
+    return statistics.median(a / b for a, b in zip(times[name], times[base]))
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=9)
-    parser.add_argument("--statdiff-period", type=int, default=20)
-    parser.add_argument("--out", default="output/benchmark_model.md")
-    args = parser.parse_args(argv)
-    toy = "configs/detectron2/toy/mask_rcnn_R18_FPN_{}_toy.yaml"
-    cfg, bcn_model = build(toy.format("bcn_ws"))
-    _, gn_model = build(toy.format("gn"))
-    batch = toy_batch(cfg)
-    tracker = bcn.ChannelStatsTracker(bcn_model)
+
+def rows(kind, times, base):
+    return [f"| {kind}, {name} | {statistics.median(times[name]) * 1e3:.0f} ms | "
+            f"{ratio(times, name, base):.3f}x {base} |" for name in times]
+
+
+def mask_rcnn(depth, repeats, statdiff_period):
+    from detectron2.modeling import build_model
+    from detectron2.utils.events import EventStorage
+
+    import bcn_det
+    from bcn_det.config import load_config
+
+    opts = ["MODEL.DEVICE", "cpu"] + (DET_R50 if depth == 50 else [])
+    models = {}
+    for name, variant in (("GN", "gn"), ("GN+WS", "gn_ws"), ("BCN+WS", "bcn_ws")):
+        cfg = load_config(DET_CONFIG.format(variant), opts)
+        torch.manual_seed(0)
+        models[name] = build_model(cfg)
+    from detectron2.data import build_detection_train_loader
+
+    bcn_det.register_toy_coco(bcn_det.ensure_toy_coco(cfg.DATASETS.TOY_ROOT or None))
+    batch = next(iter(build_detection_train_loader(cfg)))
+    tracker = bcn.ChannelStatsTracker(models["BCN+WS"]) if statdiff_period else None
 
     def train_step(model, record=False):
         def step():
             model.train()
-            tracker.active = record
+            if tracker is not None:
+                tracker.active = record
             bcn.set_estimate_rate(model, 0.01)
             sum(model(batch).values()).backward()
-            tracker.active = False
+            if tracker is not None:
+                tracker.active = False
         return step
 
-    from detectron2.utils.events import EventStorage
-
+    candidates = {name: train_step(model) for name, model in models.items()}
+    if tracker is not None:
+        candidates["BCN+WS, StatDiff recorded"] = train_step(models["BCN+WS"], record=True)
     with EventStorage():  # detectron2's losses log into one
-        train = interleaved({"GN": train_step(gn_model), "BCN+WS": train_step(bcn_model),
-                             "BCN+WS, StatDiff recorded": train_step(bcn_model, record=True)}, args.repeats)
-    tracker.remove()
-    folded = bcn_det.fold_bcn(copy.deepcopy(bcn_model).eval())
+        train = interleaved(candidates, repeats)
+    if tracker is not None:
+        tracker.remove()
     images = [{"image": d["image"]} for d in batch]
+    inference = {"GN": models["GN"], "BCN+WS": models["BCN+WS"],
+                 "BCN+WS folded": bcn_det.fold_bcn(copy.deepcopy(models["BCN+WS"]).eval())}
 
     def infer(model):
         def run():
@@ -95,29 +99,97 @@ def main(argv=None):
                 model(images)
         return run
 
-    infer_times = interleaved({"GN": infer(gn_model), "BCN+WS": infer(bcn_model),
-                               "BCN+WS folded": infer(folded)}, args.repeats)
+    infer_times = interleaved({name: infer(m) for name, m in inference.items()}, repeats)
+    title = f"Mask R-CNN R{depth}-FPN, {len(batch)} images of 128 px"
+    lines = rows("training iteration", {k: v for k, v in train.items() if "StatDiff" not in k}, "GN")
+    if tracker is not None:
+        recorded = ratio(train, "BCN+WS, StatDiff recorded", "BCN+WS")
+        lines.append(f"| training iteration, BCN+WS, StatDiff recorded | "
+                     f"{statistics.median(train['BCN+WS, StatDiff recorded']) * 1e3:.0f} ms | "
+                     f"{recorded:.3f}x BCN+WS |")
+        lines.append(f"| StatDiff hook, amortized at period {statdiff_period} | | "
+                     f"{(recorded - 1) / statdiff_period * 100:+.2f}% of an iteration |")
+    return title, lines + rows("inference", infer_times, "GN")
 
-    def ratio(times, name, base="GN"):
-        return statistics.median(a / b for a, b in zip(times[name], times[base]))
 
-    recorded = ratio(train, "BCN+WS, StatDiff recorded", "BCN+WS")
-    lines = [f"toy Mask R-CNN R18-FPN, batch {len(batch)}, torch {torch.__version__}, "
-             f"{torch.get_num_threads()} threads, {args.repeats} repeats", "",
-             "| measurement | median time | ratio |", "|---|---|---|"]
-    for name in train:
-        base = "BCN+WS" if "StatDiff" in name else "GN"
-        lines.append(f"| training iteration, {name} | {statistics.median(train[name]) * 1e3:.0f} ms | "
-                     f"{ratio(train, name, base):.3f}x {base} |")
-    for name in infer_times:
-        lines.append(f"| inference, {name} | {statistics.median(infer_times[name]) * 1e3:.0f} ms | "
-                     f"{ratio(infer_times, name):.3f}x GN |")
-    lines.append(f"| StatDiff hook, amortized at period {args.statdiff_period} | | "
-                 f"{(recorded - 1) / args.statdiff_period * 100:+.2f}% of an iteration |")
-    text = "\n".join(lines)
-    print(text)
+def deeplabv3(depth, repeats):
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    from mmengine.structures import PixelData
+    from mmseg.registry import MODELS
+    from mmseg.structures import SegDataSample
+
+    import bcn_seg
+    from mmengine.logging import MMLogger
+
+    MMLogger.get_instance("mmengine", log_level="WARNING")  # not every layer's init, please
+    init_default_scope("mmseg")
+    models = {}
+    for name, variant in (("GN", "gn"), ("GN+WS", "gn_ws"), ("BCN+WS", "bcn_ws")):
+        cfg = Config.fromfile(SEG_CONFIG.format(variant))
+        if depth == 50:
+            cfg.merge_from_dict(SEG_R50)
+        torch.manual_seed(0)
+        models[name] = MODELS.build(cfg.model)
+        models[name].init_weights()
+    size, count = 96, 4
+    torch.manual_seed(0)
+    x = torch.randn(count, 3, size, size)
+    samples = []
+    for _ in range(count):
+        sample = SegDataSample(gt_sem_seg=PixelData(data=torch.randint(0, 4, (1, size, size))))
+        sample.set_metainfo(dict(img_shape=(size, size), pad_shape=(size, size), ori_shape=(size, size)))
+        samples.append(sample)
+
+    def train_step(model):
+        def step():
+            model.train()
+            bcn.set_estimate_rate(model, 0.01)
+            sum(v for k, v in model.loss(x, samples).items() if "loss" in k).backward()
+        return step
+
+    train = interleaved({name: train_step(m) for name, m in models.items()}, repeats)
+    inference = {"GN": models["GN"], "BCN+WS": models["BCN+WS"],
+                 "BCN+WS folded": bcn_seg.fold_bcn(copy.deepcopy(models["BCN+WS"]).eval())}
+
+    def infer(model):
+        def run():
+            model.eval()
+            with torch.no_grad():
+                model._forward(x)
+        return run
+
+    infer_times = interleaved({name: infer(m) for name, m in inference.items()}, repeats)
+    title = f"DeepLabV3 R{depth} (output stride 8, auxiliary head), {count} images of {size} px"
+    return title, rows("training iteration", train, "GN") + rows("inference", infer_times, "GN")
+
+
+MODELS = {
+    "mask_rcnn_r18": lambda args: mask_rcnn(18, args.repeats, args.statdiff_period),
+    "mask_rcnn_r50": lambda args: mask_rcnn(50, args.repeats, 0),
+    "deeplabv3_r50": lambda args: deeplabv3(50, args.repeats),
+}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {', '.join(MODELS)}")
+    parser.add_argument("--statdiff-period", type=int, default=20)
+    parser.add_argument("--out", default="output/benchmark_model.md")
+    args = parser.parse_args(argv)
+    unknown = set(args.models.split(",")) - set(MODELS)
+    if unknown:
+        parser.error(f"unknown models {sorted(unknown)}; choose from {', '.join(MODELS)}")
+    lines = [f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.repeats} repeats; "
+             "time: median; ratio: median of per-repeat ratios", ""]
+    for name in args.models.split(","):
+        title, table = MODELS[name](args)
+        lines += [f"### {title}", "", "| measurement | median time | ratio |", "|---|---|---|", *table, ""]
+        print("\n".join(lines[-len(table) - 4:]), flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text + "\n")
+    Path(args.out).write_text("\n".join(lines) + "\n")
+    print(f"saved {args.out}")
 
 
 if __name__ == "__main__":

@@ -186,10 +186,15 @@ void step1_statistics(int64_t n, int64_t d, const double* m, const double* v, bo
   }
 }
 
+// A per-channel tensor as C doubles, read once per call (not once per task); a step-2 affine
+// with one value per group is expanded to its channels.
 template <typename scalar_t>
-std::vector<double> gather(const at::Tensor& t, int64_t offset, int64_t count) {
-  const scalar_t* p = t.const_data_ptr<scalar_t>() + offset;
-  return std::vector<double>(p, p + count);
+std::vector<double> per_channel(const at::Tensor& t, int64_t channels) {
+  const scalar_t* p = t.const_data_ptr<scalar_t>();
+  std::vector<double> out(channels);
+  const int64_t repeat = channels / t.numel();
+  for (int64_t c = 0; c < channels; ++c) out[c] = static_cast<double>(p[c / repeat]);
+  return out;
 }
 
 void check_channels(std::initializer_list<const at::Tensor*> ts, const at::Tensor& x) {
@@ -211,13 +216,6 @@ void check_affine(std::initializer_list<const at::Tensor*> ts, const at::Tensor&
   }
 }
 
-// Group g's D channels of a step-2 affine tensor.
-template <typename scalar_t>
-std::vector<double> affine_of(const at::Tensor& t, int64_t g, int64_t d, int64_t channels) {
-  if (t.numel() == channels) return gather<scalar_t>(t, g * d, d);
-  return std::vector<double>(d, static_cast<double>(t.const_data_ptr<scalar_t>()[g]));
-}
-
 // Step 1 fixed (eval): one task per (sample, group) -- the unit GroupNorm itself uses.
 at::Tensor inference_forward(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& var,
                              const at::Tensor& bn_w, const at::Tensor& bn_b,
@@ -233,6 +231,9 @@ at::Tensor inference_forward(const at::Tensor& x, const at::Tensor& mean, const 
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "inference_forward", [&] {
     const scalar_t* px = x.const_data_ptr<scalar_t>();
     scalar_t* py = y.mutable_data_ptr<scalar_t>();
+    const auto mean_c = per_channel<scalar_t>(mean, channels), var_c = per_channel<scalar_t>(var, channels);
+    const auto w = per_channel<scalar_t>(bn_w, channels), bb = per_channel<scalar_t>(bn_b, channels);
+    const auto gam = per_channel<scalar_t>(gamma, channels), bet = per_channel<scalar_t>(beta, channels);
     at::parallel_for(0, n * groups, grain_for(d * size), [&](int64_t begin, int64_t end) {
       std::vector<double> m(d), v(d);
       GroupAlgebra alg(1, d, eps);
@@ -240,13 +241,8 @@ at::Tensor inference_forward(const at::Tensor& x, const at::Tensor& mean, const 
         const int64_t s = task / groups, c0 = (task % groups) * d;
         const scalar_t* block = px + (s * channels + c0) * size;
         for (int64_t j = 0; j < d; ++j) moments_of(block + j * size, size, m[j], v[j]);
-        const auto channel = [&](const at::Tensor& t) { return gather<scalar_t>(t, c0, d); };
-        const int64_t g = task % groups;
-        const auto gam = affine_of<scalar_t>(gamma, g, d, channels);
-        const auto bet = affine_of<scalar_t>(beta, g, d, channels);
-        alg.solve(m.data(), v.data(), channel(mean).data(), channel(var).data(),
-                  channel(bn_w).data(), channel(bn_b).data());
-        alg.write(0, gam.data(), bet.data(), block, py + (s * channels + c0) * size, size);
+        alg.solve(m.data(), v.data(), &mean_c[c0], &var_c[c0], &w[c0], &bb[c0]);
+        alg.write(0, &gam[c0], &bet[c0], block, py + (s * channels + c0) * size, size);
       }
     });
   });
@@ -311,6 +307,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_for
     scalar_t* py = y.mutable_data_ptr<scalar_t>();
     scalar_t *pm = plane_mean.mutable_data_ptr<scalar_t>(), *pv = plane_var.mutable_data_ptr<scalar_t>();
     scalar_t *pmean = mean.mutable_data_ptr<scalar_t>(), *pvar = var.mutable_data_ptr<scalar_t>();
+    const auto old_mean = per_channel<scalar_t>(running_mean, channels);
+    const auto old_var = per_channel<scalar_t>(running_var, channels);
+    const auto w = per_channel<scalar_t>(bn_w, channels), bb = per_channel<scalar_t>(bn_b, channels);
+    const auto gam = per_channel<scalar_t>(gamma, channels), bet = per_channel<scalar_t>(beta, channels);
     at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
       std::vector<double> m(n * d), v(n * d), mean_g(d), var_g(d);
       GroupAlgebra alg(n, d, eps);
@@ -319,16 +319,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_for
         for (int64_t s = 0; s < n; ++s)
           for (int64_t j = 0; j < d; ++j)
             moments_of(px + (s * channels + c0 + j) * size, size, m[s * d + j], v[s * d + j]);
-        const auto channel = [&](const at::Tensor& t) { return gather<scalar_t>(t, c0, d); };
-        step1_statistics(n, d, m.data(), v.data(), estimate, channel(running_mean).data(),
-                         channel(running_var).data(), rate, mean_g.data(), var_g.data());
-        const auto gam = affine_of<scalar_t>(gamma, g, d, channels);
-        const auto bet = affine_of<scalar_t>(beta, g, d, channels);
-        alg.solve(m.data(), v.data(), mean_g.data(), var_g.data(), channel(bn_w).data(),
-                  channel(bn_b).data());
+        step1_statistics(n, d, m.data(), v.data(), estimate, &old_mean[c0], &old_var[c0], rate,
+                         mean_g.data(), var_g.data());
+        alg.solve(m.data(), v.data(), mean_g.data(), var_g.data(), &w[c0], &bb[c0]);
         for (int64_t s = 0; s < n; ++s) {
           const int64_t first = s * channels + c0;
-          alg.write(s, gam.data(), bet.data(), px + first * size, py + first * size, size);
+          alg.write(s, &gam[c0], &bet[c0], px + first * size, py + first * size, size);
           for (int64_t j = 0; j < d; ++j) {
             pm[first + j] = static_cast<scalar_t>(m[s * d + j]);
             pv[first + j] = static_cast<scalar_t>(v[s * d + j]);
@@ -379,6 +375,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_bac
     const scalar_t *pm = plane_mean.const_data_ptr<scalar_t>(), *pv = plane_var.const_data_ptr<scalar_t>();
     scalar_t *pdw = d_bn_w.mutable_data_ptr<scalar_t>(), *pdb = d_bn_b.mutable_data_ptr<scalar_t>();
     scalar_t *pdgamma = d_gamma.mutable_data_ptr<scalar_t>(), *pdbeta = d_beta.mutable_data_ptr<scalar_t>();
+    const auto mean_c = per_channel<scalar_t>(mean, channels), var_c = per_channel<scalar_t>(var, channels);
+    const auto w = per_channel<scalar_t>(bn_w, channels), bb = per_channel<scalar_t>(bn_b, channels);
+    const auto gam_c = per_channel<scalar_t>(gamma, channels);
     at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
       std::vector<double> m(n * d), v(n * d), s1(n * d), s2(n * d), gz(n * d);
       std::vector<double> p1(n * d), q1(n * d), k1(n * d);
@@ -402,11 +401,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_bac
             }, s1[k], s2[k]);
           }
         }
-        const auto channel = [&](const at::Tensor& t) { return gather<scalar_t>(t, c0, d); };
-        const auto mean_g = channel(mean), var_g = channel(var);
-        const auto gam = affine_of<scalar_t>(gamma, g, d, channels);
-        alg.solve(m.data(), v.data(), mean_g.data(), var_g.data(), channel(bn_w).data(),
-                  channel(bn_b).data());
+        const double *mean_g = &mean_c[c0], *var_g = &var_c[c0], *gam = &gam_c[c0];
+        alg.solve(m.data(), v.data(), mean_g, var_g, &w[c0], &bb[c0]);
         std::vector<double> dgamma(d, 0.0), dbeta(d, 0.0), sum1(d, 0.0), sum2(d, 0.0);
         for (int64_t s = 0; s < n; ++s) {  // GroupNorm part: dx1 = p1 g + q1 x + k1 per plane
           const double r = alg.r[s];
