@@ -78,4 +78,4 @@ def test_benchmark_model_writes_its_table(tmp_path):
     table = out.read_text()
     assert "Mask R-CNN R18-FPN" in table and "DeepLabV3 R50" in table
     for row in ("training iteration, BCN+WS", "training iteration, GN+WS", "inference, BCN+WS folded"):
-        assert table.count(row) == 2, row
+        assert table.count(f"| {row} |") == 2, row

@@ -263,6 +263,25 @@ def test_bfloat16_autocast_keeps_statistics_in_float32(fresh_seed, impl, mode):
 
 
 @pytest.mark.parametrize("mode", bcn.MODES)
+def test_both_implementations_agree_under_bfloat16_autocast(fresh_seed, mode):
+    fast = random_bcn(64, 32, mode, impl="fused").train()
+    slow = random_bcn(64, 32, mode, impl="reference").train()
+    slow.load_state_dict(fast.state_dict())
+    bcn.set_estimate_rate(fast, 0.05), bcn.set_estimate_rate(slow, 0.05)
+    x = random_input(2, 64, 16, 16).bfloat16()
+    grad = torch.randn(2, 64, 16, 16).bfloat16()
+    xs = [x.clone().requires_grad_(True) for _ in range(2)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ys = [fast(xs[0]), slow(xs[1])]
+    for y in ys:
+        y.backward(grad)
+    assert rel_err(ys[0], ys[1]) < 1e-4  # float32 results rounded to bf16: a few flip one ulp
+    assert rel_err(xs[0].grad, xs[1].grad) < 1e-5
+    for (name, a), b in zip(fast.named_parameters(), slow.parameters()):
+        assert rel_err(a.grad, b.grad) < 1e-5, name
+
+
+@pytest.mark.parametrize("mode", bcn.MODES)
 def test_channels_last_and_non_contiguous_inputs(fresh_seed, mode):
     layer = random_bcn(64, 32, mode).eval()
     x = random_input(2, 64, 6, 5)
