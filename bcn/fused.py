@@ -13,7 +13,7 @@ memory traffic of GroupNorm. Inference (step 1 fixed) runs one task per (sample,
 Callers check ``bcn.kernels.serves(x)`` first (BatchChannelNorm2d does, and runs its
 reference path otherwise). The numerics match the reference composition (tests).
 """
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 from torch import Tensor
