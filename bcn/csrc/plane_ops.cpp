@@ -436,13 +436,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_bac
           const double aj = alg.a[j];
           for (int64_t s = 0; s < n; ++s) {
             const int64_t k = s * d + j, plane = s * channels + c0 + j;
+            // dx = P g + Q x + K, evaluated around the channel's mean: the two normalizations
+            // make dx small next to Q x and K where the gradient cancels (few values per
+            // channel), and Q (x - centre) keeps float rounding relative to dx, not to x.
+            const scalar_t centre = static_cast<scalar_t>(mean_g[j]);
+            const double q = aj * (q1[k] - drop_x);
             const scalar_t P = static_cast<scalar_t>(aj * p1[k]);
-            const scalar_t Q = static_cast<scalar_t>(aj * (q1[k] - drop_x));
-            const scalar_t K = static_cast<scalar_t>(aj * (k1[k] - drop_mean + mean_g[j] * drop_x));
+            const scalar_t Q = static_cast<scalar_t>(q);
+            const scalar_t K = static_cast<scalar_t>(
+                aj * (k1[k] - drop_mean + mean_g[j] * drop_x) + q * static_cast<double>(centre));
             const scalar_t* gp = pg + plane * size;
             const scalar_t* xp = px + plane * size;
             scalar_t* out = pd + plane * size;
-            for (int64_t i = 0; i < size; ++i) out[i] = P * gp[i] + Q * xp[i] + K;
+            for (int64_t i = 0; i < size; ++i) out[i] = P * gp[i] + Q * (xp[i] - centre) + K;
           }
           pdw[c0 + j] = static_cast<scalar_t>(sum2[j] * std::sqrt(inv_var));
           pdb[c0 + j] = static_cast<scalar_t>(sum1[j]);

@@ -16,8 +16,10 @@ SHAPES = [  # (N, C, H, W, G)
     (4, 96, 3, 3, 4),
 ]
 # float32 against the float64 reference: 1e-5 relative. float64 against it: 1e-10, which checks
-# the equations themselves on every shape, including the float32-ill-conditioned gradient with
-# 2 values per group on 1x1 maps (that gradient cancels to ~eps/var of the upstream one).
+# the equations themselves on every shape. Where a gradient cancels (a 1x1 map in batch mode: 3
+# values per channel, then 4 per group), float32 cannot reach 1e-5 at all; there the bound is 10x
+# what the spec's own equations reach when evaluated in float32 on the same inputs (see
+# float32_floor). Groups of 2 values are skipped in float32 (the float64 run checks them).
 TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
 DTYPES = pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 
@@ -44,18 +46,40 @@ def reference_params(layer):
             "gamma_c": d(layer.weight), "beta_c": d(layer.bias)}
 
 
-def check_grads(layer, x, y, ref_x, ref_y, params):
+GRADIENT_NAMES = [("pbn.weight", "gamma_b"), ("pbn.bias", "beta_b"),
+                  ("weight", "gamma_c"), ("bias", "beta_c")]
+
+
+def float32_floor(equations, x, params, grad):
+    """The relative error of each gradient when the spec's equations themselves run in float32,
+    against the same equations in float64: how far float32 can get on these inputs."""
+    def run(dtype):
+        xs = x.detach().to(dtype).requires_grad_(True)
+        ps = {k: v.detach().to(dtype).requires_grad_(True) for k, v in params.items()}
+        equations(xs, ps).backward(grad.to(dtype))
+        return {"x": xs.grad, **{k: v.grad for k, v in ps.items()}}
+    low, high = run(torch.float32), run(torch.float64)
+    return {k: rel_err(low[k], high[k]) for k in high}
+
+
+def check_grads(layer, x, y, equations, params):
+    """Backward through the layer against the spec's equations (a function of x and the params
+    that returns the float64 output) at the same upstream gradient."""
+    ref_x = x.detach().double().requires_grad_(True)
+    ref_y = equations(ref_x, params)
     grad = torch.randn_like(y)
     y.backward(grad)
     ref_y.backward(grad.double())
-    values_per_group = x[0].numel() // layer.num_groups
-    if x.dtype == torch.float32 and values_per_group < 4:
-        return  # ill-conditioned in float32 (see TOL); the float64 run checks these gradients
-    tol = TOL[x.dtype]
-    assert rel_err(x.grad, ref_x.grad) < tol
-    for ours, theirs in [(layer.pbn.weight, "gamma_b"), (layer.pbn.bias, "beta_b"),
-                         (layer.weight, "gamma_c"), (layer.bias, "beta_c")]:
-        assert rel_err(ours.grad, params[theirs].grad) < tol, theirs
+    tol = {k: TOL[x.dtype] for k in ["x", *params]}
+    if x.dtype == torch.float32:
+        if x[0].numel() // layer.num_groups < 4:
+            return
+        floor = float32_floor(equations, x, params, grad)
+        tol = {k: max(t, 10 * floor[k]) for k, t in tol.items()}
+    assert rel_err(x.grad, ref_x.grad) < tol["x"]
+    named = dict(layer.named_parameters())
+    for ours, theirs in GRADIENT_NAMES:
+        assert rel_err(named[ours].grad, params[theirs].grad) < tol[theirs], theirs
 
 
 @DTYPES
@@ -69,17 +93,20 @@ def test_batch_mode_training(fresh_seed, impl, dtype, n, c, h, w, g, affine):
     rm, rv = layer.pbn.running_mean.double().clone(), layer.pbn.running_var.double().clone()
     y = layer(x)
 
-    ref_x = x.detach().double().requires_grad_(True)
     params = reference_params(layer)
-    mean, var, count = ref.batch_stats(ref_x)
-    ref_y = ref.channel_part(ref.batch_part(ref_x, mean, var, params["gamma_b"], params["beta_b"]),
-                             g, params["gamma_c"], params["beta_c"])
-    assert rel_err(y, ref_y) < TOL[dtype]
+
+    def equations(x, p):
+        mean, var, _ = ref.batch_stats(x)
+        return ref.channel_part(ref.batch_part(x, mean, var, p["gamma_b"], p["beta_b"]),
+                                g, p["gamma_c"], p["beta_c"])
+
+    assert rel_err(y, equations(x.detach().double(), params)) < TOL[dtype]
+    mean, var, count = ref.batch_stats(x.detach().double())
     # BatchNorm's usual running averages (momentum 0.1, unbiased variance)
     assert rel_err(layer.pbn.running_mean, 0.9 * rm + 0.1 * mean.detach()) < TOL[dtype]
-    unbiased = var.detach() * count / (count - 1)
+    unbiased = var * count / (count - 1)
     assert rel_err(layer.pbn.running_var, 0.9 * rv + 0.1 * unbiased) < TOL[dtype]
-    check_grads(layer, x, y, ref_x, ref_y, params)
+    check_grads(layer, x, y, equations, params)
 
 
 @DTYPES
@@ -93,16 +120,17 @@ def test_estimate_mode_training(fresh_seed, impl, dtype, n, c, h, w, g, affine):
     mu_hat, var_hat = layer.pbn.running_mean.double().clone(), layer.pbn.running_var.double().clone()
     y = layer(x)
 
-    ref_x = x.detach().double().requires_grad_(True)
     params = reference_params(layer)
-    with torch.no_grad():
-        mu_new, var_new = ref.algorithm1_update(ref_x, mu_hat, var_hat, rate)
+    mu_new, var_new = ref.algorithm1_update(x.detach().double(), mu_hat, var_hat, rate)
     assert rel_err(layer.pbn.running_mean, mu_new) < TOL[dtype]
     assert rel_err(layer.pbn.running_var, var_new) < TOL[dtype]
-    ref_y = ref.channel_part(ref.batch_part(ref_x, mu_new, var_new, params["gamma_b"], params["beta_b"]),
-                             g, params["gamma_c"], params["beta_c"])
-    assert rel_err(y, ref_y) < TOL[dtype]
-    check_grads(layer, x, y, ref_x, ref_y, params)
+
+    def equations(x, p):  # the new estimates are constants of the step (no gradient through them)
+        return ref.channel_part(ref.batch_part(x, mu_new.to(x.dtype), var_new.to(x.dtype),
+                                               p["gamma_b"], p["beta_b"]), g, p["gamma_c"], p["beta_c"])
+
+    assert rel_err(y, equations(x.detach().double(), params)) < TOL[dtype]
+    check_grads(layer, x, y, equations, params)
 
 
 @DTYPES
@@ -113,13 +141,15 @@ def test_eval_uses_stored_statistics(fresh_seed, impl, dtype, mode, n, c, h, w, 
     before = {k: v.clone() for k, v in layer.state_dict().items()}
     x = random_input(n, c, h, w).to(dtype).requires_grad_(True)
     y = layer(x)
-    ref_x = x.detach().double().requires_grad_(True)
     params = reference_params(layer)
-    ref_y = ref.channel_part(
-        ref.batch_part(ref_x, layer.pbn.running_mean.double(), layer.pbn.running_var.double(),
-                       params["gamma_b"], params["beta_b"]), g, params["gamma_c"], params["beta_c"])
-    assert rel_err(y, ref_y) < TOL[dtype]
-    check_grads(layer, x, y, ref_x, ref_y, params)
+    mean, var = layer.pbn.running_mean.double(), layer.pbn.running_var.double()
+
+    def equations(x, p):
+        return ref.channel_part(ref.batch_part(x, mean.to(x.dtype), var.to(x.dtype), p["gamma_b"],
+                                               p["beta_b"]), g, p["gamma_c"], p["beta_c"])
+
+    assert rel_err(y, equations(x.detach().double(), params)) < TOL[dtype]
+    check_grads(layer, x, y, equations, params)
     for k, v in layer.state_dict().items():
         assert torch.equal(v, before[k]), f"{k} changed in eval"
 
@@ -262,6 +292,20 @@ def test_bfloat16_autocast_keeps_statistics_in_float32(fresh_seed, impl, mode):
     assert rel_err(y.float(), expected) < 1e-2  # only the output's bf16 rounding
 
 
+def assert_equal_up_to_bfloat16_rounding(a, b):
+    """Both paths compute in float32 and round to bfloat16 at the end. Two float32 results that
+    differ by reduction order (1e-5 of the tensor's scale) round to bf16 values one ulp apart, or
+    many ulps apart where the value itself is near zero, so each element may differ by one bf16
+    ulp of itself plus 1e-5 of the largest element. A near-tie flips only rarely: at most 0.1% of
+    the elements (measured: up to 4 of 32768 over 150 seeds)."""
+    a, b = a.detach().double(), b.detach().double()
+    magnitude = torch.maximum(a.abs(), b.abs())
+    one_ulp = torch.exp2(torch.floor(torch.log2(magnitude.clamp_min(1e-30))) - 7)  # 8-bit mantissa
+    scale = float(magnitude.max())
+    assert bool(((a - b).abs() <= one_ulp + 1e-5 * scale).all())
+    assert float((a != b).double().mean()) <= 1e-3
+
+
 @pytest.mark.parametrize("mode", bcn.MODES)
 def test_both_implementations_agree_under_bfloat16_autocast(fresh_seed, mode):
     fast = random_bcn(64, 32, mode, impl="fused").train()
@@ -275,10 +319,15 @@ def test_both_implementations_agree_under_bfloat16_autocast(fresh_seed, mode):
         ys = [fast(xs[0]), slow(xs[1])]
     for y in ys:
         y.backward(grad)
-    assert rel_err(ys[0], ys[1]) < 1e-4  # float32 results rounded to bf16: a few flip one ulp
-    assert rel_err(xs[0].grad, xs[1].grad) < 1e-5
+    assert_equal_up_to_bfloat16_rounding(ys[0], ys[1])
+    assert_equal_up_to_bfloat16_rounding(xs[0].grad, xs[1].grad)
+    # The parameter gradients stay float32. pbn.bias's cancels within each group (GroupNorm ignores
+    # a per-group shift), so its relative error is larger than the 1e-5 of the other float32
+    # checks: measured up to 2e-5 over 150 seeds.
     for (name, a), b in zip(fast.named_parameters(), slow.parameters()):
-        assert rel_err(a.grad, b.grad) < 1e-5, name
+        assert rel_err(a.grad, b.grad) < 1e-4, name
+    assert rel_err(fast.pbn.running_mean, slow.pbn.running_mean) < 1e-5
+    assert rel_err(fast.pbn.running_var, slow.pbn.running_var) < 1e-5
 
 
 @pytest.mark.parametrize("mode", bcn.MODES)
