@@ -9,6 +9,8 @@ import torch
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup
 from detectron2.evaluation import COCOEvaluator
 
+import bcn
+
 from .checkpoint import BCNCheckpointer
 from .compat import OptimizerStateInCheckpoints, has_fast_coco_eval, launch
 from .config import load_config
@@ -93,6 +95,8 @@ def check_datasets(cfg) -> None:
 
 def main(args):
     cfg = setup(args)
+    if cfg.MODEL.DEVICE == "cpu":
+        bcn.allocator.keep_freed_memory()  # why: bcn/allocator.py
     check_output_dir(cfg, args)
     check_datasets(cfg)
     if args.eval_only:

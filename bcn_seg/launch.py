@@ -10,6 +10,8 @@ import torch
 import torch.distributed as dist
 from mmengine.config import Config, DictAction
 
+import bcn
+
 from .registry import BCN_TYPES, CONV_TYPES
 
 
@@ -160,6 +162,8 @@ def run(test: bool) -> None:
     from mmengine.runner import Runner
 
     args = parse_args(test)
+    if not torch.cuda.is_available():
+        bcn.allocator.keep_freed_memory()  # why: bcn/allocator.py
     init_distributed(args.launcher)
     try:
         cfg = load_config(args)

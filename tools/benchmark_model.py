@@ -177,12 +177,17 @@ def main(argv=None):
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {', '.join(MODELS)}")
     parser.add_argument("--statdiff-period", type=int, default=20)
     parser.add_argument("--out", default="output/benchmark_model.md")
+    parser.add_argument("--malloc-defaults", action="store_true",
+                        help="leave glibc's malloc as it is (by default it keeps freed memory, "
+                             "as the training launchers set it on CPU: bcn/allocator.py)")
     args = parser.parse_args(argv)
+    kept = not args.malloc_defaults and bcn.allocator.keep_freed_memory()
     unknown = set(args.models.split(",")) - set(MODELS)
     if unknown:
         parser.error(f"unknown models {sorted(unknown)}; choose from {', '.join(MODELS)}")
-    lines = [f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.repeats} repeats; "
-             "time: median; ratio: median of per-repeat ratios", ""]
+    malloc = "keeps freed memory" if kept else "defaults"
+    lines = [f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.repeats} repeats, "
+             f"malloc {malloc}; time: median; ratio: median of per-repeat ratios", ""]
     for name in args.models.split(","):
         title, table = MODELS[name](args)
         lines += [f"### {title}", "", "| measurement | median time | ratio |", "|---|---|---|", *table, ""]
