@@ -3,7 +3,7 @@
 The training forward, training backward and inference kernels behind bcn.fused, written
 once in C++ so that no per-shape compilation is ever needed (detection inputs change size
 every image). The build is torch's
-own JIT extension build (a C++ compiler and ninja; ~35 s once per machine and torch version,
+own JIT extension build (a C++ compiler and ninja; ~35 s once per CPU model and torch version,
 cached under $TORCH_EXTENSIONS_DIR, default ~/.cache/torch_extensions). Where it cannot be
 built, ``plane_ops()`` warns once and returns None and BCN runs its reference path.
 ``BCN_KERNELS=0`` in the environment turns the kernels off.

@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """BCN against nn.GroupNorm, nn.BatchNorm2d and the plain composition, at Mask R-CNN R50-FPN
-shapes: training (forward + backward) and eval (forward), as ratios to GroupNorm.
+shapes: training (forward + backward) and eval (forward), as ratios to GroupNorm, and how many
+times faster the fused layer is than the composition.
 
     python tools/benchmark_norm.py [--repeats 15] [--out output/benchmark_norm.md]
 
@@ -68,7 +69,10 @@ def bench(shape, training, dtype, device, repeats):
             times[name].append(run_once(layers[name], x, grad, training, dtype, device))
             x.grad = None
     ratios = {name: statistics.median(t / g for t, g in zip(times[name], times["GroupNorm"])) for name in layers}
-    return {name: (statistics.median(times[name]), ratios[name]) for name in layers}
+    composition = times["BCN composition (reference)"]
+    speedups = [statistics.median(c / f for c, f in zip(composition, times[name]))
+                for name in ("BCN batch (fused)", "BCN estimate (fused)")]
+    return {name: (statistics.median(times[name]), ratios[name]) for name in layers}, speedups
 
 
 def main(argv=None):
@@ -89,10 +93,11 @@ def main(argv=None):
             names = None
             rows = []
             for shape in shapes:
-                result = bench(shape, training, dtype, device, args.repeats)
-                names = list(result)
+                result, speedups = bench(shape, training, dtype, device, args.repeats)
+                names = list(result) + ["composition / fused, batch / estimate"]
                 rows.append("| " + "x".join(map(str, shape)) + " | " + " | ".join(
-                    f"{t * 1e3:.1f} ms ({r:.2f}x)" for t, r in result.values()) + " |")
+                    f"{t * 1e3:.1f} ms ({r:.2f}x)" for t, r in result.values()) +
+                    " | " + " / ".join(f"{s:.2f}x" for s in speedups) + " |")
             lines += [f"### {header}", "", "| shape | " + " | ".join(names) + " |",
                       "|---" * (len(names) + 1) + "|", *rows, ""]
             print("\n".join(lines[-len(rows) - 4:]), flush=True)
