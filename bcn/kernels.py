@@ -71,16 +71,19 @@ def _build():
     attempts = [(NATIVE_CFLAGS, cpu)] if cpu else []
     attempts.append((CFLAGS, ""))
     for i, (flags, target) in enumerate(attempts):
-        # The name pins source, flags, torch version and target CPU: a cached build of another
-        # one is never loaded.
-        key = SOURCE.read_bytes() + " ".join(flags + [torch.__version__, target]).encode()
-        name = f"bcn_plane_ops_{hashlib.sha256(key).hexdigest()[:12]}"
         try:
-            return cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=flags,
-                                      extra_ldflags=["-fopenmp"], verbose=False)
+            return cpp_extension.load(name=extension_name(flags, target), sources=[str(SOURCE)],
+                                      extra_cflags=flags, extra_ldflags=["-fopenmp"], verbose=False)
         except Exception:
             if i == len(attempts) - 1:
                 raise
+
+
+def extension_name(flags, target_cpu: str) -> str:
+    """The name pins source, flags, torch version and target CPU: a cached build of another
+    one is never loaded."""
+    key = SOURCE.read_bytes() + " ".join(list(flags) + [torch.__version__, target_cpu]).encode()
+    return f"bcn_plane_ops_{hashlib.sha256(key).hexdigest()[:12]}"
 
 
 def cpu_fingerprint() -> str:

@@ -159,3 +159,14 @@ def test_without_kernels_the_layer_runs_its_reference_path(tmp_path, how):
         assert message == ""
     else:
         assert "could not be built" in message and "reference path" in message, message
+
+
+def test_a_build_for_one_cpu_is_never_loaded_on_another():
+    """-march=native builds are cached under a name that includes the CPU they target."""
+    if sys.platform.startswith("linux"):
+        assert "flags" in kernels.cpu_fingerprint() or "Features" in kernels.cpu_fingerprint()
+    native = kernels.NATIVE_CFLAGS
+    names = {kernels.extension_name(native, "cpu A"), kernels.extension_name(native, "cpu B"),
+             kernels.extension_name(kernels.CFLAGS, "")}
+    assert len(names) == 3
+    assert kernels.extension_name(native, "cpu A") == kernels.extension_name(native, "cpu A")
