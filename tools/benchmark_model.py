@@ -42,6 +42,21 @@ def interleaved(candidates, repeats):
     return times
 
 
+def inference_times(models, fold_bcn, forward, repeats):
+    """GN, BCN+WS and BCN+WS folded, in eval without grad; forward(model) runs one batch."""
+    candidates = {"GN": models["GN"], "BCN+WS": models["BCN+WS"],
+                  "BCN+WS folded": fold_bcn(copy.deepcopy(models["BCN+WS"]).eval())}
+
+    def infer(model):
+        def run():
+            model.eval()
+            with torch.no_grad():
+                forward(model)
+        return run
+
+    return interleaved({name: infer(m) for name, m in candidates.items()}, repeats)
+
+
 def ratio(times, name, base):
     return statistics.median(a / b for a, b in zip(times[name], times[base]))
 
@@ -89,17 +104,7 @@ def mask_rcnn(depth, repeats, statdiff_period):
     if tracker is not None:
         tracker.remove()
     images = [{"image": d["image"]} for d in batch]
-    inference = {"GN": models["GN"], "BCN+WS": models["BCN+WS"],
-                 "BCN+WS folded": bcn_det.fold_bcn(copy.deepcopy(models["BCN+WS"]).eval())}
-
-    def infer(model):
-        def run():
-            model.eval()
-            with torch.no_grad():
-                model(images)
-        return run
-
-    infer_times = interleaved({name: infer(m) for name, m in inference.items()}, repeats)
+    infer_times = inference_times(models, bcn_det.fold_bcn, lambda model: model(images), repeats)
     title = f"Mask R-CNN R{depth}-FPN, {len(batch)} images of 128 px"
     lines = rows("training iteration", {k: v for k, v in train.items() if "StatDiff" not in k}, "GN")
     if tracker is not None:
@@ -149,17 +154,7 @@ def deeplabv3(depth, repeats):
         return step
 
     train = interleaved({name: train_step(m) for name, m in models.items()}, repeats)
-    inference = {"GN": models["GN"], "BCN+WS": models["BCN+WS"],
-                 "BCN+WS folded": bcn_seg.fold_bcn(copy.deepcopy(models["BCN+WS"]).eval())}
-
-    def infer(model):
-        def run():
-            model.eval()
-            with torch.no_grad():
-                model._forward(x)
-        return run
-
-    infer_times = interleaved({name: infer(m) for name, m in inference.items()}, repeats)
+    infer_times = inference_times(models, bcn_seg.fold_bcn, lambda model: model._forward(x), repeats)
     title = f"DeepLabV3 R{depth} (output stride 8, auxiliary head), {count} images of {size} px"
     return title, rows("training iteration", train, "GN") + rows("inference", infer_times, "GN")
 
