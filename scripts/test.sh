@@ -3,5 +3,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# The suite writes up to ~4 GB under the temp dir while it runs; say so before torch.save fails.
+free_kb=$(df -Pk "${TMPDIR:-/tmp}" | awk 'NR==2 {print $4}')
+if [ "${free_kb:-0}" -lt $((5 * 1024 * 1024)) ]; then
+    echo "test.sh: warning: only $((free_kb / 1024)) MiB free in ${TMPDIR:-/tmp}; the suite needs ~4 GB there (set TMPDIR to a roomier disk)" >&2
+fi
 # One thread per process: the suite runs multi-process tests on two cores.
 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} .venv/bin/python -m pytest "$@"

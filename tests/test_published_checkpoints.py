@@ -4,6 +4,7 @@ A reference model in the published layout (tests/published_model.py) is saved in
 variant, loaded into each framework's backbone (estimate mode: estimates from the BatchNorm
 statistics), and its stage outputs compared in float64 eval.
 """
+import shutil
 import subprocess
 import sys
 
@@ -31,7 +32,9 @@ def published(request, tmp_path_factory):
     x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
     with torch.no_grad():
         expected = stage_outputs(model, x)
-    return request.param, files, x, expected
+    yield request.param, files, x, expected
+    # ~0.5 GB per architecture: free it before the next one is written.
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 def detectron2_backbone(arch):
