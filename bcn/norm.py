@@ -10,8 +10,6 @@ treats both parts as it treats GN and BN, with no BCN-specific code in any adapt
 state-dict names are the published ones (``weight``, ``bias``, ``pbn.*``).
 """
 import warnings
-from contextlib import nullcontext
-
 import torch
 from torch import nn
 
@@ -131,22 +129,23 @@ class BatchChannelNorm2d(nn.GroupNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.num_channels:
             raise ValueError(f"BCN expects (N, {self.num_channels}, H, W) input, got {tuple(x.shape)}")
-        if self.pbn.training and self.mode == "batch" and x.numel() == self.num_channels:
+        if x.numel() == self.num_channels and self.pbn.training and self.mode == "batch":
             raise ValueError(
                 "BCN in batch mode cannot train on one value per channel (batch of 1 with a 1x1 "
                 "map): batch statistics need more than one value. Use mode='estimate' for "
                 "micro-batch training (bcn.convert_to_estimate_mode(model) or the config's BCN "
                 "mode).")
+        if not torch.is_autocast_enabled(x.device.type):
+            return self._normalize(x)
         # Statistics in float32 under mixed precision; the result goes back to the input dtype.
-        autocast = torch.is_autocast_enabled(x.device.type)
-        with torch.autocast(x.device.type, enabled=False) if autocast else nullcontext():
-            x32 = x.float() if autocast else x
-            if self._fused_applies(x32):
-                y = self._fused(x32)
-            else:
-                y = self._batch_part(x32)
-                y = BF.group_normalize(y, self.num_groups, self.weight, self.bias, self.eps)
-        return y.to(x.dtype)
+        with torch.autocast(x.device.type, enabled=False):
+            return self._normalize(x.float()).to(x.dtype)
+
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
+        if self._fused_applies(x):
+            return self._fused(x)
+        y = self._batch_part(x)
+        return BF.group_normalize(y, self.num_groups, self.weight, self.bias, self.eps)
 
     def _fused_applies(self, x: torch.Tensor) -> bool:
         return (self.impl == "fused" and type(self.pbn) in (nn.BatchNorm2d, EstimateBatchNorm2d)

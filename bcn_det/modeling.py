@@ -14,7 +14,7 @@ from detectron2.modeling.roi_heads.box_head import FastRCNNConvFCHead
 from detectron2.modeling.roi_heads.mask_head import MaskRCNNConvUpsampleHead
 
 import bcn
-from bcn.functional import weight_standardize
+from bcn.conv import standardized
 
 NORM_KEYS = ("MODEL.RESNETS.NORM", "MODEL.FPN.NORM", "MODEL.ROI_BOX_HEAD.NORM",
              "MODEL.ROI_MASK_HEAD.NORM")
@@ -87,7 +87,7 @@ class WSConv2d(Conv2d):
     ws_form = "eps_in_sqrt"
 
     def forward(self, x):
-        x = self._conv_forward(x, weight_standardize(self.weight, self.ws_eps, self.ws_form), self.bias)
+        x = self._conv_forward(x, standardized(self.weight, self.ws_eps, self.ws_form), self.bias)
         if self.norm is not None:
             x = self.norm(x)
         if self.activation is not None:

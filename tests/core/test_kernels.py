@@ -53,11 +53,12 @@ LARGE = [(3, 64, 67, 61, 32), (1, 128, 50, 41, 32), (2, 2048, 3, 5, 32)]
 @pytest.mark.parametrize("affine", bcn.AFFINES)
 def test_large_maps_against_the_reference(ops, fresh_seed, n, c, h, w, g, mode, affine):
     """Many blocks per plane and many groups, forward and every gradient, in float32."""
-    layer = random_bcn(c, g, mode, affine).train()
+    layer = random_bcn(c, g, mode, affine, impl="fused").train()
     bcn.set_estimate_rate(layer, 0.3)
     x = random_input(n, c, h, w).requires_grad_(True)
     old = layer.pbn.running_mean.double().clone(), layer.pbn.running_var.double().clone()
     y = layer(x)
+    assert "TrainingBatchChannelNorm" in y.grad_fn.name(), "the kernels did not serve the layer"
     xr = x.detach().double().requires_grad_(True)
     p = {k: v.detach().double().requires_grad_(True) for k, v in layer.named_parameters()}
     if mode == "batch":
@@ -78,7 +79,7 @@ def test_large_maps_against_the_reference(ops, fresh_seed, n, c, h, w, g, mode, 
 @pytest.mark.parametrize("shape,groups", [((2, 64, 67, 61), 32), ((1, 96, 5, 3), 4)])
 @pytest.mark.parametrize("affine", bcn.AFFINES)
 def test_inference_kernel_against_the_reference(ops, fresh_seed, shape, groups, affine):
-    layer = random_bcn(shape[1], groups, "batch", affine).eval()
+    layer = random_bcn(shape[1], groups, "batch", affine, impl="fused").eval()
     x = random_input(*shape)
     with torch.no_grad():
         y = layer(x)
@@ -91,7 +92,8 @@ def test_inference_kernel_against_the_reference(ops, fresh_seed, shape, groups, 
 
 def test_results_do_not_depend_on_the_thread_count(ops, fresh_seed):
     x, g = torch.randn(2, 64, 40, 50), torch.randn(2, 64, 40, 50)
-    layer = random_bcn(64, 32, "batch")
+    layer = random_bcn(64, 32, "batch", impl="fused")
+    weight, weight_grad = torch.randn(256, 64, 3, 3), torch.randn(256, 64, 3, 3)
     threads = torch.get_num_threads()
     outputs = []
     try:
@@ -100,8 +102,11 @@ def test_results_do_not_depend_on_the_thread_count(ops, fresh_seed):
             fresh, xg = copy.deepcopy(layer).train(), x.clone().requires_grad_(True)
             y = fresh(xg)
             y.backward(g)
+            w = weight.clone().requires_grad_(True)
+            z = bcn.conv.standardized(w)
+            z.backward(weight_grad)
             with torch.no_grad():
-                outputs.append((y, fresh.pbn.running_var, fresh.eval()(x), xg.grad))
+                outputs.append((y, fresh.pbn.running_var, fresh.eval()(x), xg.grad, z, w.grad))
     finally:
         torch.set_num_threads(threads)
     for other in outputs[1:]:
@@ -127,6 +132,55 @@ def test_bad_inputs_are_named(ops):
     with pytest.raises(RuntimeError, match="grad and x differ"):
         ops.train_backward(x[:1].contiguous(), x, torch.ones(2, 4), torch.ones(2, 4), False,
                            *(ones,) * 5, 2, 1e-5)
+
+
+# (out, in/groups, kh, kw): a stem, 1x1, a grouped conv's small rows, two values per row, and a
+# row longer than one summation block
+WEIGHTS = [(64, 3, 7, 7), (256, 64, 1, 1), (32, 4, 3, 3), (6, 2, 1, 1), (8, 512, 3, 3)]
+
+
+@pytest.mark.parametrize("shape", WEIGHTS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_weight_standardization_kernel_against_the_equations(ops, fresh_seed, shape, dtype):
+    # rows offset from zero by several of their own standard deviations
+    w64 = torch.randn(shape, dtype=torch.float64) * 0.05 + torch.randn(shape[0], 1, 1, 1) * 0.2
+    g64 = torch.randn(shape, dtype=torch.float64)
+    w64.requires_grad_(True)
+    expected = ref.weight_standardize(w64)
+    expected.backward(g64)
+    w = w64.detach().to(dtype).requires_grad_(True)
+    z = bcn.conv.standardized(w)
+    assert "WeightStandardization" in z.grad_fn.name(), "the CPU kernel did not serve the weight"
+    z.backward(g64.to(dtype))
+    assert z.dtype == dtype and z.shape == w.shape
+    if dtype == torch.float64:
+        assert rel_err(z, expected) < 1e-12 and rel_err(w.grad, w64.grad) < 1e-10
+        return
+    # float32: at most 10x what the equations themselves lose evaluated in float32
+    w32 = w64.detach().float().requires_grad_(True)
+    ref.weight_standardize(w32).backward(g64.float())
+    floor = rel_err(w32.grad, w64.grad)
+    assert rel_err(z, expected) < 1e-6
+    assert rel_err(w.grad, w64.grad) < max(1e-5, 10 * floor)
+
+
+def test_weight_standardization_kernel_takes_any_layout_and_refuses_double_backward(ops, fresh_seed):
+    w = torch.randn(3, 3, 16, 32).permute(3, 2, 0, 1).requires_grad_(True)  # not contiguous
+    z = bcn.conv.standardized(w)
+    assert torch.allclose(z, ref.weight_standardize(w.detach().double()).float(), atol=1e-5)
+    with pytest.raises(RuntimeError, match="no double backward"):
+        torch.autograd.grad((z ** 2).sum(), w, create_graph=True)
+    # outside the kernel's reach the equations run instead: the other form, float16
+    assert "WeightStandardization" not in bcn.conv.standardized(w, form="eps_on_std").grad_fn.name()
+    with pytest.raises(RuntimeError, match="more than one value per output channel"):
+        ops.weight_standardize(torch.randn(4, 1, 1, 1), 1e-5)
+
+
+def test_fused_bcn_refuses_double_backward_with_a_way_out(ops):
+    layer = random_bcn(8, 4, "batch", impl="fused").train()
+    y = layer(torch.randn(2, 8, 3, 3, requires_grad=True))
+    with pytest.raises(RuntimeError, match="impl='reference'"):
+        torch.autograd.grad((y ** 2).sum(), layer.weight, create_graph=True)
 
 
 FALLBACK = textwrap.dedent("""
