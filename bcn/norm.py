@@ -254,7 +254,14 @@ class FrozenBatchChannelNorm2d(nn.Module):
         return f"{self.num_channels}, num_groups={self.num_groups}, eps={self.eps}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return BF.group_normalize(self.pbn(x), self.num_groups, self.weight, self.bias, self.eps)
+        pbn = self.pbn
+        if (kernels.serves(x) and x.dtype == self.weight.dtype
+                and not (torch.is_grad_enabled() and x.requires_grad)):
+            # Frozen stages (detectron2's FREEZE_AT) see no gradient: the inference kernel.
+            return fused.batch_channel_norm_inference(x, self.num_groups, pbn.weight, pbn.bias,
+                                                      self.weight, self.bias, self.eps,
+                                                      pbn.running_mean, pbn.running_var)
+        return BF.group_normalize(pbn(x), self.num_groups, self.weight, self.bias, self.eps)
 
 
 def check_bcn_args(num_channels: int, num_groups: int, mode: str, affine: str) -> None:

@@ -481,6 +481,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_bac
   return {dx, d_bn_w, d_bn_b, d_gamma, d_beta};
 }
 
+// The kernels' gradients are not themselves differentiable (Python's once_differentiable): a
+// backward that records a graph (create_graph=True) would get silently wrong higher orders.
+void check_once_differentiable(const char* what, const char* way_out) {
+  TORCH_CHECK(!torch::autograd::GradMode::is_enabled(), what, " have no double backward (backward "
+              "with create_graph=True); ", way_out, " for higher-order gradients");
+}
+
 // train_forward / train_backward as one autograd node, in C++: as a Python autograd.Function
 // the node's own overhead (~70 us per forward + backward, GIL, saved-tensor unpacking) was
 // GroupNorm's whole cost on the small maps of detection heads and res5.
@@ -505,10 +512,7 @@ struct TrainingBatchChannelNorm : public torch::autograd::Function<TrainingBatch
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
-    // The kernel's gradients are not themselves differentiable (Python's once_differentiable).
-    TORCH_CHECK(!torch::autograd::GradMode::is_enabled(),
-                "BCN's fused kernels have no double backward (backward with create_graph=True); "
-                "build the layer with impl='reference' for higher-order gradients");
+    check_once_differentiable("BCN's fused kernels", "build the layer with impl='reference'");
     const auto saved = ctx->get_saved_variables();
     const auto& gamma = saved[7];
     auto [dx, d_bn_w, d_bn_b, d_gamma, d_beta] = train_backward(
@@ -607,9 +611,7 @@ struct WeightStandardization : public torch::autograd::Function<WeightStandardiz
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
-    TORCH_CHECK(!torch::autograd::GradMode::is_enabled(),
-                "BCN's weight-standardization kernel has no double backward (backward with "
-                "create_graph=True); set BCN_KERNELS=0 for higher-order gradients");
+    check_once_differentiable("BCN's weight-standardization kernels", "set BCN_KERNELS=0");
     const auto saved = ctx->get_saved_variables();
     return {ws_backward(grads[0].contiguous(), saved[0], saved[1], saved[2]), at::Tensor()};
   }

@@ -226,6 +226,24 @@ def test_frozen_loads_a_bcn_state_dict(fresh_seed):
     assert rel_err(frozen(x), layer.eval()(x)) < 1e-5
 
 
+def test_frozen_layer_against_the_equations_with_and_without_gradient(fresh_seed):
+    """No gradient needed: the inference kernel; an input that requires grad: the reference
+    ops, differentiable. Both equal the spec's equations with the stored statistics."""
+    layer = random_bcn(64, 32, "batch")
+    frozen = bcn.FrozenBatchChannelNorm2d.from_bcn(layer)
+    x = random_input(2, 64, 5, 7)
+    p = {k: v.detach().double() for k, v in layer.named_parameters()}
+    expected = ref.channel_part(
+        ref.batch_part(x.double(), layer.pbn.running_mean.double(), layer.pbn.running_var.double(),
+                       p["pbn.weight"], p["pbn.bias"]), 32, p["weight"], p["bias"])
+    assert rel_err(frozen(x), expected) < 1e-6
+    xg = x.clone().requires_grad_(True)
+    y = frozen(xg)
+    assert rel_err(y, expected) < 1e-6
+    y.sum().backward()
+    assert xg.grad is not None and torch.isfinite(xg.grad).all()
+
+
 def test_bad_arguments_fail_clearly():
     with pytest.raises(ValueError, match="does not divide"):
         bcn.BatchChannelNorm2d(48, 32)
