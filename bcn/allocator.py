@@ -4,22 +4,29 @@ Why: PyTorch's CPU tensors come from malloc. glibc serves every block above a th
 rising to at most 32 MiB as blocks are freed) with a fresh mmap and unmaps it again on free, and
 returns the top of its heap to the OS once 128 KiB or more is free there. A training iteration
 frees all of its activations and gradients, so the next one maps them again and takes a page
-fault, with the kernel zeroing the page, on every 4 KiB it touches. Every norm and every WS'd
-weight adds such buffers: measured on the toy DeepLabV3 R50 (2 threads, torch 2.14.1, glibc
-2.36), the GN model's iteration went 295 -> 251 ms, the GN+WS model's 374 -> 269 ms.
+fault, with the kernel zeroing the page, on every 4 KiB it touches. Measured (2 threads, torch
+2.14.1, glibc 2.36): the toy DeepLabV3 R50 GN model's iteration 295 -> 251 ms, the GN+WS
+model's 374 -> 269 ms (blocks below 32 MiB kept); nn.GroupNorm in eval on a (1, 256, 200, 336)
+map -- a 69 MB output, above any mmap threshold glibc accepts -- 20 -> 6 ms (no mmap at all):
+the page faults had cost more than the normalization itself.
 
-`keep_freed_memory` asks glibc to keep freed memory for reuse instead, from inside the process
-(the same as MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ / MALLOC_TOP_PAD_ in the
-environment, which would have to be set before Python starts). jemalloc or tcmalloc through
-LD_PRELOAD do the same job. The cost: the process keeps its peak heap instead of shrinking.
+`keep_freed_memory` asks glibc to serve every block from its heap and keep freed memory for
+reuse, from inside the process (MALLOC_MMAP_MAX_=0 / MALLOC_TRIM_THRESHOLD_ / MALLOC_TOP_PAD_
+in the environment do the same but must be set before Python starts). jemalloc or tcmalloc
+through LD_PRELOAD do the same job. The cost: the process keeps its peak heap instead of
+shrinking, and the heap settles a few iterations late -- a loop of one 64 MiB tensor at a time
+grew it by 384 MB before reuse began (posix_memalign'd blocks leave holes until neighbours
+coalesce); a clone, a product and a sum of a 16 MiB tensor per iteration, by 96 MB. Where the
+heap cannot grow (address space), glibc still falls back to mmap.
 """
 import ctypes
 import sys
 
 # mallopt's parameter numbers (glibc's malloc.h)
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
-_MMAP_THRESHOLD_MAX = 32 << 20  # glibc's upper bound for this parameter on 64-bit
-_SETTINGS = ((_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX), (_M_TRIM_THRESHOLD, 1 << 30), (_M_TOP_PAD, 64 << 20))
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4
+# No mmap'd blocks (M_MMAP_THRESHOLD cannot exceed 32 MiB, below a detection map's size); the
+# heap's top is returned to the OS only past 2 GiB free (mallopt takes a C int).
+_SETTINGS = ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, (1 << 31) - 1), (_M_TOP_PAD, 64 << 20))
 
 
 def _glibc():
@@ -34,7 +41,7 @@ def _glibc():
 
 
 def keep_freed_memory() -> bool:
-    """Make glibc keep freed blocks below 32 MiB for reuse. Returns False, changing nothing,
+    """Make glibc serve and keep every block in its heap for reuse. Returns False, changing nothing,
     where the C library is not glibc (macOS, Windows, musl) or glibc refuses a setting."""
     libc = _glibc()
     if libc is None:

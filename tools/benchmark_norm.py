@@ -8,6 +8,11 @@ times faster the fused layer is than the composition.
 Candidates run interleaved in a shuffled order within each repeat, and each ratio is the
 median over repeats of the per-repeat ratio, so machine noise hits all candidates alike.
 float32 on the CPU; float16 and bfloat16 (autocast) on a GPU when there is one.
+
+glibc's malloc is set as the training launchers set it on CPU (bcn/allocator.py: no mmap per
+large block); --malloc-defaults measures with glibc's own settings, under which every output of
+a detection-sized map (34-69 MB) is mapped afresh and page-faulted in on every call, by every
+candidate: that cost, larger than the normalization itself, then dominates every ratio.
 """
 import argparse
 import random
@@ -80,12 +85,16 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--shapes", default=None, help="e.g. 2x256x100x168,4x512x32x32")
     parser.add_argument("--out", default="output/benchmark_norm.md")
+    parser.add_argument("--malloc-defaults", action="store_true",
+                        help="leave glibc's malloc as it is (by default: bcn/allocator.py)")
     args = parser.parse_args(argv)
+    kept = not args.malloc_defaults and bcn.allocator.keep_freed_memory()
     shapes = SHAPES if not args.shapes else [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     settings = [("cpu", torch.float32)]
     if torch.cuda.is_available():
         settings += [("cuda", torch.float16), ("cuda", torch.bfloat16)]
-    lines = [f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.repeats} repeats; "
+    lines = [f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.repeats} repeats, "
+             f"malloc {'keeps freed memory' if kept else 'defaults'}; "
              "time: median ms; ratio: median of per-repeat ratios to GroupNorm", ""]
     for device, dtype in settings:
         for training in (True, False):
