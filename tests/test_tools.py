@@ -73,9 +73,10 @@ def test_benchmark_norm_writes_its_table(tmp_path):
 def test_benchmark_model_writes_its_table(tmp_path):
     out = tmp_path / "model.md"
     result = run("tools/benchmark_model.py", "--repeats", "1", "--models", "mask_rcnn_r18,deeplabv3_r50",
-                 "--out", str(out))
+                 "--size", "64", "--out", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     table = out.read_text()
-    assert "Mask R-CNN R18-FPN" in table and "DeepLabV3 R50" in table
+    assert "Mask R-CNN R18-FPN, 2 images of 64 px" in table and "DeepLabV3 R50" in table
+    assert "4 images of 64 px" in table
     for row in ("training iteration, BCN+WS", "training iteration, GN+WS", "inference, BCN+WS folded"):
         assert table.count(f"| {row} |") == 2, row

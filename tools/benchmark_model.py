@@ -5,7 +5,11 @@ iteration (forward + backward) of GN, GN+WS and BCN+WS; inference of GN, BCN+WS 
 BCN+WS folded (plain convolutions + GroupNorm, bcn_det/bcn_seg.fold_bcn); for Mask R-CNN
 R18 also the StatDiff hook's overhead (tracker active on one iteration in N).
 
-    python tools/benchmark_model.py [--repeats 9] [--models mask_rcnn_r18,mask_rcnn_r50,deeplabv3_r50]
+    python tools/benchmark_model.py [--repeats 9] [--models mask_rcnn_r18,mask_rcnn_r50,deeplabv3_r50] [--size 512]
+
+--size runs the same toy models on larger images (Mask R-CNN: the toy images resized to that
+many pixels; DeepLabV3: that crop size), where the per-weight costs (WS) and per-layer costs
+weigh less next to the activations.
 
 Variants run interleaved in a shuffled order within each repeat; ratios are medians over
 repeats of per-repeat ratios, so machine noise hits all variants alike.
@@ -66,7 +70,7 @@ def rows(kind, times, base):
             f"{ratio(times, name, base):.3f}x {base} |" for name in times]
 
 
-def mask_rcnn(depth, repeats, statdiff_period):
+def mask_rcnn(depth, repeats, statdiff_period, size=None):
     from detectron2.modeling import build_model
     from detectron2.utils.events import EventStorage
 
@@ -74,6 +78,9 @@ def mask_rcnn(depth, repeats, statdiff_period):
     from bcn_det.config import load_config
 
     opts = ["MODEL.DEVICE", "cpu"] + (DET_R50 if depth == 50 else [])
+    if size:
+        opts += ["INPUT.MIN_SIZE_TRAIN", f"({size},)", "INPUT.MAX_SIZE_TRAIN", str(size),
+                 "INPUT.MIN_SIZE_TEST", str(size), "INPUT.MAX_SIZE_TEST", str(size)]
     models = {}
     for name, variant in (("GN", "gn"), ("GN+WS", "gn_ws"), ("BCN+WS", "bcn_ws")):
         cfg = load_config(DET_CONFIG.format(variant), opts)
@@ -105,7 +112,7 @@ def mask_rcnn(depth, repeats, statdiff_period):
         tracker.remove()
     images = [{"image": d["image"]} for d in batch]
     infer_times = inference_times(models, bcn_det.fold_bcn, lambda model: model(images), repeats)
-    title = f"Mask R-CNN R{depth}-FPN, {len(batch)} images of 128 px"
+    title = f"Mask R-CNN R{depth}-FPN, {len(batch)} images of {batch[0]['image'].shape[-1]} px"
     lines = rows("training iteration", {k: v for k, v in train.items() if "StatDiff" not in k}, "GN")
     if tracker is not None:
         recorded = ratio(train, "BCN+WS, StatDiff recorded", "BCN+WS")
@@ -117,7 +124,7 @@ def mask_rcnn(depth, repeats, statdiff_period):
     return title, lines + rows("inference", infer_times, "GN")
 
 
-def deeplabv3(depth, repeats):
+def deeplabv3(depth, repeats, size=None):
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
     from mmengine.structures import PixelData
@@ -137,7 +144,7 @@ def deeplabv3(depth, repeats):
         torch.manual_seed(0)
         models[name] = MODELS.build(cfg.model)
         models[name].init_weights()
-    size, count = 96, 4
+    size, count = size or 96, 4
     torch.manual_seed(0)
     x = torch.randn(count, 3, size, size)
     samples = []
@@ -160,9 +167,9 @@ def deeplabv3(depth, repeats):
 
 
 MODELS = {
-    "mask_rcnn_r18": lambda args: mask_rcnn(18, args.repeats, args.statdiff_period),
-    "mask_rcnn_r50": lambda args: mask_rcnn(50, args.repeats, 0),
-    "deeplabv3_r50": lambda args: deeplabv3(50, args.repeats),
+    "mask_rcnn_r18": lambda args: mask_rcnn(18, args.repeats, args.statdiff_period, args.size),
+    "mask_rcnn_r50": lambda args: mask_rcnn(50, args.repeats, 0, args.size),
+    "deeplabv3_r50": lambda args: deeplabv3(50, args.repeats, args.size),
 }
 
 
@@ -171,6 +178,8 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {', '.join(MODELS)}")
     parser.add_argument("--statdiff-period", type=int, default=20)
+    parser.add_argument("--size", type=int, default=None,
+                        help="image size in px (default: the toy sizes, 128 for Mask R-CNN, 96 for DeepLabV3)")
     parser.add_argument("--out", default="output/benchmark_model.md")
     parser.add_argument("--malloc-defaults", action="store_true",
                         help="leave glibc's malloc as it is (by default it keeps freed memory, "
