@@ -10,6 +10,7 @@ treats both parts as it treats GN and BN, with no BCN-specific code in any adapt
 state-dict names are the published ones (``weight``, ``bias``, ``pbn.*``).
 """
 import warnings
+
 import torch
 from torch import nn
 

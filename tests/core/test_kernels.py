@@ -183,6 +183,17 @@ def test_fused_bcn_refuses_double_backward_with_a_way_out(ops):
         torch.autograd.grad((y ** 2).sum(), layer.weight, create_graph=True)
 
 
+def test_a_traced_model_records_the_reference_ops(ops, fresh_seed):
+    """torch.jit.trace (and ONNX export through it) cannot see inside the extension: an
+    unfolded BCN+WS model traces through the reference ops and the trace generalizes."""
+    model = torch.nn.Sequential(bcn.WSConv2d(8, 64, 3, padding=1), random_bcn(64, 32, "batch", impl="fused"))
+    model.eval()
+    with torch.no_grad():
+        traced = torch.jit.trace(model, torch.randn(2, 8, 5, 5), check_trace=False)
+        x = torch.randn(3, 8, 6, 4)
+        assert rel_err(traced(x), model(x)) < 1e-6
+
+
 FALLBACK = textwrap.dedent("""
     import warnings, torch, bcn
     from bcn import kernels
