@@ -70,6 +70,16 @@ def test_benchmark_norm_writes_its_table(tmp_path):
     assert "training" in table and "eval" in table and "2x64x6x10" in table
 
 
+def test_benchmark_ws_writes_its_table(tmp_path):
+    out = tmp_path / "ws.md"
+    result = run("tools/benchmark_ws.py", "--arch", "resnet18", "--repeats", "1", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = out.read_text()
+    assert "resnet18: 20 conv weights" in table
+    for row in ("forward, kernel", "forward, reference (layer_norm)", "backward, kernel", "backward yardstick: add"):
+        assert f"| {row} |" in table, row
+
+
 def test_benchmark_model_writes_its_table(tmp_path):
     out = tmp_path / "model.md"
     result = run("tools/benchmark_model.py", "--repeats", "1", "--models", "mask_rcnn_r18,deeplabv3_r50",
