@@ -556,8 +556,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ws_forward(const at::Tensor& weig
         const double scale = 1.0 / std::sqrt(var * k / (k - 1) + eps);
         pm[r] = mean;
         ps[r] = scale;
-        // (w - centre) s + (centre - mean) s, centre the mean rounded to scalar_t: w - centre is
-        // exact where w is near the mean, so a row with a large mean loses no digits.
+        // z = (w - centre) s + (centre - mean) s, centre = the mean rounded to scalar_t
         const scalar_t centre = static_cast<scalar_t>(mean), A = static_cast<scalar_t>(scale);
         const scalar_t B = static_cast<scalar_t>((centre - mean) * scale);
         scalar_t* out = pz + r * k;
@@ -573,7 +572,11 @@ at::Tensor ws_backward(const at::Tensor& grad, const at::Tensor& weight, const a
   TORCH_CHECK(grad.sizes() == weight.sizes() && grad.scalar_type() == weight.scalar_type() &&
                   grad.is_contiguous() && weight.is_contiguous(),
               "bcn plane ops: grad and weight differ in shape or dtype, or are not contiguous");
-  const int64_t rows = weight.size(0), k = weight.numel() / rows;
+  const int64_t rows = weight.size(0), k = weight.numel() / std::max<int64_t>(rows, 1);
+  for (const at::Tensor* t : {&row_mean, &row_scale}) {
+    TORCH_CHECK(t->scalar_type() == at::kDouble && t->is_contiguous() && t->numel() == rows,
+                "bcn plane ops: row statistics must be ws_forward's (rows,) float64 tensors");
+  }
   auto dw = at::empty_like(weight);
   AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "ws_backward", [&] {
     const scalar_t *pg = grad.const_data_ptr<scalar_t>(), *pw = weight.const_data_ptr<scalar_t>();

@@ -174,6 +174,9 @@ def test_weight_standardization_kernel_takes_any_layout_and_refuses_double_backw
     assert "WeightStandardization" not in bcn.conv.standardized(w, form="eps_on_std").grad_fn.name()
     with pytest.raises(RuntimeError, match="more than one value per output channel"):
         ops.weight_standardize(torch.randn(4, 1, 1, 1), 1e-5)
+    with pytest.raises(RuntimeError, match="row statistics"):
+        ops.ws_backward(torch.randn(4, 9), torch.randn(4, 9), torch.zeros(3, dtype=torch.float64),
+                        torch.ones(4, dtype=torch.float64))
 
 
 def test_fused_bcn_refuses_double_backward_with_a_way_out(ops):
