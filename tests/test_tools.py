@@ -88,5 +88,6 @@ def test_benchmark_model_writes_its_table(tmp_path):
     table = out.read_text()
     assert "Mask R-CNN R18-FPN, 2 images of 64 px" in table and "DeepLabV3 R50" in table
     assert "4 images of 64 px" in table
-    for row in ("training iteration, BCN+WS", "training iteration, GN+WS", "inference, BCN+WS folded"):
+    for row in ("training iteration, BCN+WS", "training iteration, GN+WS", "forward + backward, BCN+WS",
+                "inference, BCN+WS folded"):
         assert table.count(f"| {row} |") == 2, row

@@ -11,6 +11,11 @@ R18 also the StatDiff hook's overhead (tracker active on one iteration in N).
 many pixels; DeepLabV3: that crop size), where the per-weight costs (WS) and per-layer costs
 weigh less next to the activations.
 
+A training iteration is what a trainer runs per batch (detectron2's SimpleTrainer, mmengine's
+train_step): zero the gradients (set to None), forward, backward, an SGD step (momentum 0.9,
+weight decay 1e-4); the forward + backward part is also reported on its own. Data loading is
+not timed.
+
 Variants run interleaved in a shuffled order within each repeat; ratios are medians over
 repeats of per-repeat ratios, so machine noise hits all variants alike.
 """
@@ -44,6 +49,46 @@ def interleaved(candidates, repeats):
             candidates[name]()
             times[name].append(time.perf_counter() - start)
     return times
+
+
+LR = 0.001  # small enough that the toy models stay finite over a benchmark's iterations
+
+
+def training_candidates(models, loss_of, extra=None):
+    """{name: one training iteration} for each model, and {name: [forward + backward times]}
+    filled as they run. extra: {name: (model, before)}: more candidates on the same models,
+    before(model) called first in each iteration."""
+    phases = {}
+
+    def iteration(name, model, before=None):
+        optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9, weight_decay=1e-4)
+        phases[name] = []
+
+        def run():
+            model.train()
+            bcn.set_estimate_rate(model, LR)  # BCN's estimate rate follows the learning rate
+            if before is not None:
+                before(model)
+            optimizer.zero_grad(set_to_none=True)
+            start = time.perf_counter()
+            loss = loss_of(model)
+            loss.backward()
+            phases[name].append(time.perf_counter() - start)
+            if not torch.isfinite(loss):
+                raise RuntimeError(f"{name}: the loss is not finite; the timings would not be representative")
+            optimizer.step()
+        return run
+
+    candidates = {name: iteration(name, model) for name, model in models.items()}
+    for name, (model, before) in (extra or {}).items():
+        candidates[name] = iteration(name, model, before)
+    return candidates, phases
+
+
+def training_rows(times, phases, base="GN"):
+    """Whole iterations, then their forward + backward part (the warm-up's entry dropped)."""
+    phases = {name: values[1:] for name, values in phases.items()}
+    return rows("training iteration", times, base) + rows("forward + backward", phases, base)
 
 
 def inference_times(models, fold_bcn, forward, repeats):
@@ -92,20 +137,16 @@ def mask_rcnn(depth, repeats, statdiff_period, size=None):
     batch = next(iter(build_detection_train_loader(cfg)))
     tracker = bcn.ChannelStatsTracker(models["BCN+WS"]) if statdiff_period else None
 
-    def train_step(model, record=False):
-        def step():
-            model.train()
-            if tracker is not None:
-                tracker.active = record
-            bcn.set_estimate_rate(model, 0.01)
-            sum(model(batch).values()).backward()
-            if tracker is not None:
-                tracker.active = False
-        return step
+    def loss_of(model):
+        if tracker is not None:
+            tracker.active = recording.pop(model, False)
+        return sum(model(batch).values())
 
-    candidates = {name: train_step(model) for name, model in models.items()}
+    recording = {}
+    extra = {}
     if tracker is not None:
-        candidates["BCN+WS, StatDiff recorded"] = train_step(models["BCN+WS"], record=True)
+        extra["BCN+WS, StatDiff recorded"] = (models["BCN+WS"], lambda model: recording.update({model: True}))
+    candidates, phases = training_candidates(models, loss_of, extra)
     with EventStorage():  # detectron2's losses log into one
         train = interleaved(candidates, repeats)
     if tracker is not None:
@@ -113,7 +154,8 @@ def mask_rcnn(depth, repeats, statdiff_period, size=None):
     images = [{"image": d["image"]} for d in batch]
     infer_times = inference_times(models, bcn_det.fold_bcn, lambda model: model(images), repeats)
     title = f"Mask R-CNN R{depth}-FPN, {len(batch)} images of {batch[0]['image'].shape[-1]} px"
-    lines = rows("training iteration", {k: v for k, v in train.items() if "StatDiff" not in k}, "GN")
+    lines = training_rows({k: v for k, v in train.items() if "StatDiff" not in k},
+                          {k: v for k, v in phases.items() if "StatDiff" not in k})
     if tracker is not None:
         recorded = ratio(train, "BCN+WS, StatDiff recorded", "BCN+WS")
         lines.append(f"| training iteration, BCN+WS, StatDiff recorded | "
@@ -153,17 +195,14 @@ def deeplabv3(depth, repeats, size=None):
         sample.set_metainfo(dict(img_shape=(size, size), pad_shape=(size, size), ori_shape=(size, size)))
         samples.append(sample)
 
-    def train_step(model):
-        def step():
-            model.train()
-            bcn.set_estimate_rate(model, 0.01)
-            sum(v for k, v in model.loss(x, samples).items() if "loss" in k).backward()
-        return step
+    def loss_of(model):
+        return sum(v for k, v in model.loss(x, samples).items() if "loss" in k)
 
-    train = interleaved({name: train_step(m) for name, m in models.items()}, repeats)
+    candidates, phases = training_candidates(models, loss_of)
+    train = interleaved(candidates, repeats)
     infer_times = inference_times(models, bcn_seg.fold_bcn, lambda model: model._forward(x), repeats)
     title = f"DeepLabV3 R{depth} (output stride 8, auxiliary head), {count} images of {size} px"
-    return title, rows("training iteration", train, "GN") + rows("inference", infer_times, "GN")
+    return title, training_rows(train, phases) + rows("inference", infer_times, "GN")
 
 
 MODELS = {
