@@ -9,6 +9,7 @@
 // on the thread count.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
+#include <ATen/record_function.h>
 
 #if defined(__SSE2__)
 #include <immintrin.h>
@@ -276,6 +277,7 @@ at::Tensor inference_forward(const at::Tensor& x, const at::Tensor& mean, const 
                              const at::Tensor& bn_w, const at::Tensor& bn_b,
                              const at::Tensor& gamma, const at::Tensor& beta, int64_t groups,
                              double eps) {
+  RECORD_FUNCTION("bcn::inference_forward", std::vector<c10::IValue>());  // each kernel named in torch.profiler
   check_map(x, "x");
   check_channels({&mean, &var, &bn_w, &bn_b}, x);
   check_affine({&gamma, &beta}, x, groups);
@@ -344,6 +346,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_for
     const at::Tensor& running_var, const at::Tensor& batches, const at::Tensor& skipped,
     double rate, bool update, const at::Tensor& bn_w, const at::Tensor& bn_b,
     const at::Tensor& gamma, const at::Tensor& beta, int64_t groups, double eps) {
+  RECORD_FUNCTION("bcn::train_forward", std::vector<c10::IValue>());
   check_map(x, "x");
   check_channels({&running_mean, &running_var, &bn_w, &bn_b}, x);
   check_affine({&gamma, &beta}, x, groups);
@@ -411,6 +414,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_bac
     const at::Tensor& plane_var, bool estimate, const at::Tensor& mean, const at::Tensor& var,
     const at::Tensor& bn_w, const at::Tensor& bn_b, const at::Tensor& gamma, int64_t groups,
     double eps) {
+  RECORD_FUNCTION("bcn::train_backward", std::vector<c10::IValue>());
   check_grad_and_map(grad, x);
   check_coefficient(plane_mean, x, "plane_mean");
   check_coefficient(plane_var, x, "plane_var");
@@ -577,6 +581,7 @@ struct TrainingBatchChannelNorm : public torch::autograd::Function<TrainingBatch
 // forward's z is not: the convolution reads it next, while it is still in the cache.
 // Backward: dL/dw = s (g - mean(g)) - s^3 / (k - 1) (w - m) sum_j g_j (w_j - m).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> ws_forward(const at::Tensor& weight, double eps) {
+  RECORD_FUNCTION("bcn::ws_forward", std::vector<c10::IValue>());
   TORCH_CHECK(weight.device().is_cpu() && weight.is_contiguous() &&
                   (weight.scalar_type() == at::kFloat || weight.scalar_type() == at::kDouble),
               "bcn plane ops: the weight must be a contiguous float32/float64 CPU tensor");
@@ -611,6 +616,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ws_forward(const at::Tensor& weig
 
 at::Tensor ws_backward(const at::Tensor& grad, const at::Tensor& weight, const at::Tensor& row_mean,
                        const at::Tensor& row_scale) {
+  RECORD_FUNCTION("bcn::ws_backward", std::vector<c10::IValue>());
   TORCH_CHECK(grad.sizes() == weight.sizes() && grad.scalar_type() == weight.scalar_type() &&
                   grad.is_contiguous() && weight.is_contiguous(),
               "bcn plane ops: grad and weight differ in shape or dtype, or are not contiguous");

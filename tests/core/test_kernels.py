@@ -186,6 +186,22 @@ def test_fused_bcn_refuses_double_backward_with_a_way_out(ops):
         torch.autograd.grad((y ** 2).sum(), layer.weight, create_graph=True)
 
 
+def test_the_profiler_names_each_kernel(ops, fresh_seed):
+    """A user profiling a model sees where BCN's and WS's time goes, not unattributed time."""
+    model = torch.nn.Sequential(bcn.WSConv2d(8, 64, 3), random_bcn(64, 32, "estimate", impl="fused"))
+    bcn.set_estimate_rate(model, 0.01)
+    x = torch.randn(2, 8, 5, 5)
+    with torch.profiler.profile() as prof:
+        model.train()
+        model(x).sum().backward()
+        model.eval()
+        with torch.no_grad():
+            model(x)
+    names = {event.name for event in prof.events()}
+    for kernel in ("train_forward", "train_backward", "inference_forward", "ws_forward", "ws_backward"):
+        assert f"bcn::{kernel}" in names, kernel
+
+
 def test_a_traced_model_records_the_reference_ops(ops, fresh_seed):
     """torch.jit.trace (and ONNX export through it) cannot see inside the extension: an
     unfolded BCN+WS model traces through the reference ops and the trace generalizes."""
