@@ -13,6 +13,7 @@ import warnings
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from . import functional as BF
 from . import fused, kernels
@@ -136,11 +137,22 @@ class BatchChannelNorm2d(nn.GroupNorm):
                 "map): batch statistics need more than one value. Use mode='estimate' for "
                 "micro-batch training (bcn.convert_to_estimate_mode(model) or the config's BCN "
                 "mode).")
+        if x.shape[0] == 0 and not (isinstance(self.pbn, nn.SyncBatchNorm) and self.pbn.training):
+            # (a synchronized batch part must still join its collective: SyncBatchNorm does)
+            return self._no_values(x)
         if not torch.is_autocast_enabled(x.device.type):
             return self._normalize(x)
         # Statistics in float32 under mixed precision; the result goes back to the input dtype.
         with torch.autocast(x.device.type, enabled=False):
             return self._normalize(x.float()).to(x.dtype)
+
+    def _no_values(self, x: torch.Tensor) -> torch.Tensor:
+        """An empty batch (a detection head given no boxes: N = 0) has no statistics: the running
+        state stays as it was, no batch is counted, and the output is empty. The parameters stay
+        in the graph with zero gradients, as GroupNorm's do, so DDP sees them used."""
+        pbn = self.pbn
+        y = F.batch_norm(x, pbn.running_mean, pbn.running_var, pbn.weight, pbn.bias, False, 0.0, pbn.eps)
+        return BF.group_normalize(y, self.num_groups, self.weight, self.bias, self.eps)
 
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
         if self._fused_applies(x):
@@ -256,7 +268,7 @@ class FrozenBatchChannelNorm2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pbn = self.pbn
-        if (kernels.serves(x) and x.dtype == self.weight.dtype
+        if (x.shape[0] > 0 and kernels.serves(x) and x.dtype == self.weight.dtype
                 and not (torch.is_grad_enabled() and x.requires_grad)):
             # Frozen stages (detectron2's FREEZE_AT) see no gradient: the inference kernel.
             return fused.batch_channel_norm_inference(x, self.num_groups, pbn.weight, pbn.bias,

@@ -283,6 +283,34 @@ def test_non_finite_batch_leaves_running_state_and_is_counted(fresh_seed, impl, 
     assert int(layer.pbn.num_batches_tracked) == int(before["pbn.num_batches_tracked"]) + 1
 
 
+@pytest.mark.parametrize("mode", bcn.MODES)
+def test_an_empty_batch_gives_an_empty_output_and_changes_nothing(fresh_seed, impl, mode):
+    """Detection heads run on no boxes at all (N = 0): no statistics, no state change, and the
+    parameters get zero gradients, as GroupNorm's do."""
+    shape = (0, 64, 14, 14)
+    layer = random_bcn(64, 32, mode, impl=impl)
+    bcn.set_estimate_rate(layer, 0.2)
+    before = {k: v.clone() for k, v in layer.state_dict().items()}
+    for training in (True, False):
+        layer.train(training)
+        layer.zero_grad()
+        x = torch.randn(shape, requires_grad=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no degrees-of-freedom or NaN-statistics warnings
+            y = layer(x)
+        assert y.shape == shape
+        y.sum().backward()
+        assert all(torch.equal(p.grad, torch.zeros_like(p)) for p in layer.parameters())
+        for k, v in layer.state_dict().items():
+            assert torch.equal(v, before[k]), f"{k} changed on an empty input"
+        assert int(layer.skipped_updates) == 0
+        with torch.no_grad():
+            assert layer.eval()(x).shape == shape
+    frozen = bcn.FrozenBatchChannelNorm2d.from_bcn(layer)
+    with torch.no_grad():
+        assert frozen(torch.randn(shape)).shape == shape
+
+
 def test_unset_rate_warns_and_set_rate_silences():
     layer = bcn.BatchChannelNorm2d(64, 32, mode="estimate").train()
     with pytest.warns(bcn.EstimateRateNotSetWarning, match="set_estimate_rate"):

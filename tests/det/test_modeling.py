@@ -111,3 +111,31 @@ def test_bad_norm_settings_fail_at_build_time_with_the_key(opts, message):
     with pytest.raises(ValueError, match=message):
         bcn_det.check_bcn_config(cfg)
         build_model(cfg)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_an_image_without_boxes_runs_through_the_bcn_heads(training):
+    """With no detection above the score threshold, detectron2 runs the mask head on an empty
+    batch of ROIs (N = 0); in training, the mask head sees none when no proposal is foreground."""
+    cfg = load_cfg(TOY_CONFIG, "MODEL.DEVICE", "cpu", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "1.01")
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    bcn.set_estimate_rate(model, 0.01)
+    image = {"image": torch.randint(0, 255, (3, 64, 64), dtype=torch.uint8), "height": 64, "width": 64}
+    if not training:
+        with torch.no_grad():
+            instances = model.eval()([image])[0]["instances"]
+        assert len(instances) == 0 and instances.pred_masks.shape[0] == 0
+        return
+    from detectron2.structures import Boxes, Instances
+    from detectron2.utils.events import EventStorage
+
+    empty = Instances((64, 64), gt_boxes=Boxes(torch.zeros(0, 4)), gt_classes=torch.zeros(0, dtype=torch.long))
+    empty.gt_masks = torch.zeros(0, 64, 64, dtype=torch.bool)
+    mask_head = model.roi_heads.mask_head
+    before = {k: v.clone() for k, v in mask_head.state_dict().items()}
+    with EventStorage():
+        losses = model.train()([dict(image, instances=empty)])
+    sum(losses.values()).backward()
+    assert torch.isfinite(sum(losses.values()))
+    assert all(torch.equal(v, before[k]) for k, v in mask_head.state_dict().items())
