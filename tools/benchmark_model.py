@@ -122,7 +122,9 @@ def mask_rcnn(depth, repeats, statdiff_period, size=None):
     import bcn_det
     from bcn_det.config import load_config
 
-    opts = ["MODEL.DEVICE", "cpu"] + (DET_R50 if depth == 50 else [])
+    # Every detection kept up to DETECTIONS_PER_IMAGE: untrained models differ in how many
+    # boxes pass a score threshold, and the mask head's work in inference grows with them.
+    opts = ["MODEL.DEVICE", "cpu", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"] + (DET_R50 if depth == 50 else [])
     if size:
         opts += ["INPUT.MIN_SIZE_TRAIN", f"({size},)", "INPUT.MAX_SIZE_TRAIN", str(size),
                  "INPUT.MIN_SIZE_TEST", str(size), "INPUT.MAX_SIZE_TEST", str(size)]
@@ -152,6 +154,10 @@ def mask_rcnn(depth, repeats, statdiff_period, size=None):
     if tracker is not None:
         tracker.remove()
     images = [{"image": d["image"]} for d in batch]
+    with torch.no_grad():
+        counts = {name: [len(out["instances"]) for out in model.eval()(images)] for name, model in models.items()}
+    if len({tuple(c) for c in counts.values()}) != 1:
+        raise RuntimeError(f"the models detect different numbers of boxes {counts}: inference times would not compare")
     infer_times = inference_times(models, bcn_det.fold_bcn, lambda model: model(images), repeats)
     title = f"Mask R-CNN R{depth}-FPN, {len(batch)} images of {batch[0]['image'].shape[-1]} px"
     lines = training_rows({k: v for k, v in train.items() if "StatDiff" not in k},
