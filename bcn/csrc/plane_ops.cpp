@@ -150,6 +150,18 @@ void moments_of(const scalar_t* plane, int64_t size, double& mean, double& var) 
   var = std::max(s2 / size - centre * centre, 0.0);
 }
 
+// sum_i g_i and sum_i g_i (x_i - centre): what every backward here needs of a row or plane.
+template <typename scalar_t>
+void gradient_sums(const scalar_t* g, const scalar_t* x, scalar_t centre, int64_t size,
+                   double& sum_g, double& sum_gx) {
+  two_sums<scalar_t>(size, [&](int64_t i, auto& f, auto& h) {
+    using V = std::decay_t<decltype(f)>;
+    const V gi = load<V>(g + i);
+    f += gi;
+    h += gi * (load<V>(x + i) - centre);
+  }, sum_g, sum_gx);
+}
+
 void check_map(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.device().is_cpu(), "bcn plane ops: ", name, " must be a CPU tensor");
   TORCH_CHECK(t.dim() == 4 && t.numel() > 0, "bcn plane ops: ", name,
@@ -506,15 +518,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_bac
     const auto gam_c = per_channel<scalar_t>(gamma, channels);
     // Sums over plane (s, c) of g and of g (x - its mean rounded to scalar_t).
     const auto plane_sums = [&](int64_t plane, double& sum_g, double& sum_gx) {
-      const scalar_t* gp = pg + plane * size;
-      const scalar_t* xp = px + plane * size;
-      const scalar_t centre = pm[plane];
-      two_sums<scalar_t>(size, [&](int64_t i, auto& f, auto& h) {
-        using V = std::decay_t<decltype(f)>;
-        const V gi = load<V>(gp + i);
-        f += gi;
-        h += gi * (load<V>(xp + i) - centre);
-      }, sum_g, sum_gx);
+      gradient_sums(pg + plane * size, px + plane * size, pm[plane], size, sum_g, sum_gx);
     };
     // Group g from its planes' sums s1, s2 (index s * d + j): the parameters' gradients, and
     // each plane's input gradient as dx = P g + Q (x - mean_j) + K (P, Q, K at the same index).
@@ -755,12 +759,7 @@ at::Tensor ws_backward(const at::Tensor& grad, const at::Tensor& weight, const a
         const scalar_t *g = pg + r * k, *w = pw + r * k;
         const scalar_t centre = static_cast<scalar_t>(pm[r]);
         double sum_g, sum_gw;
-        two_sums<scalar_t>(k, [&](int64_t i, auto& f, auto& h) {
-          using V = std::decay_t<decltype(f)>;
-          const V gi = load<V>(g + i);
-          f += gi;
-          h += gi * (load<V>(w + i) - centre);
-        }, sum_g, sum_gw);
+        gradient_sums(g, w, centre, k, sum_g, sum_gw);
         const double s = ps[r], offset = pm[r] - centre;
         // sum_j g_j (w_j - mean) = sum_gw - sum_g offset
         const double q = -s * s * s * (sum_gw - sum_g * offset) / (k - 1);
