@@ -249,6 +249,9 @@ struct GroupAlgebra {
 constexpr int64_t kMaxChunkBytes = 28 << 10;   // one sample's planes of one group
 constexpr int64_t kMinBlockBytes = 128 << 10;  // all samples' planes of one group
 
+// The groups' algebra, for grain_for: ~tens of double operations per plane, counted as values.
+constexpr int64_t kAlgebraCostPerPlane = 64;
+
 bool in_memory_order(int64_t n, int64_t d, int64_t size, int64_t bytes) {
   const int64_t chunk = d * size * bytes;
   return chunk <= kMaxChunkBytes && n * chunk >= kMinBlockBytes;
@@ -458,7 +461,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_for
           for (int64_t j = 0; j < d; ++j) moments_of(px + (row * d + j) * size, size, m[k + j], v[k + j]);
         }
       });
-      at::parallel_for(0, groups, grain_for(n * d * 64), [&](int64_t begin, int64_t end) {
+      at::parallel_for(0, groups, grain_for(n * d * kAlgebraCostPerPlane), [&](int64_t begin, int64_t end) {
         std::vector<double> mean_g(d), var_g(d);
         GroupAlgebra alg(n, d, eps);
         for (int64_t g = begin; g < end; ++g) {
@@ -633,7 +636,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_bac
           for (int64_t j = 0; j < d; ++j) plane_sums(row * d + j, s1[k + j], s2[k + j]);
         }
       });
-      at::parallel_for(0, groups, grain_for(n * d * 64), [&](int64_t begin, int64_t end) {
+      at::parallel_for(0, groups, grain_for(n * d * kAlgebraCostPerPlane), [&](int64_t begin, int64_t end) {
         Scratch scratch(n, d, eps);
         for (int64_t g = begin; g < end; ++g) {
           const int64_t k = g * n * d;
