@@ -56,22 +56,22 @@ LR = 0.001  # small enough that the toy models stay finite over a benchmark's it
 
 def training_candidates(models, loss_of, extra=None):
     """{name: one training iteration} for each model, and {name: [forward + backward times]}
-    filled as they run. extra: {name: (model, before)}: more candidates on the same models,
-    before(model) called first in each iteration."""
-    phases = {}
+    filled as they run. extra: {name: (model, loss)}: more candidates on those models, with
+    their own loss function; each model has one optimizer, whichever candidate steps it."""
+    phases, optimizers = {}, {}
 
-    def iteration(name, model, before=None):
-        optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9, weight_decay=1e-4)
+    def iteration(name, model, loss_fn):
+        if model not in optimizers:
+            optimizers[model] = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9, weight_decay=1e-4)
+        optimizer = optimizers[model]
         phases[name] = []
 
         def run():
             model.train()
             bcn.set_estimate_rate(model, LR)  # BCN's estimate rate follows the learning rate
-            if before is not None:
-                before(model)
             optimizer.zero_grad(set_to_none=True)
             start = time.perf_counter()
-            loss = loss_of(model)
+            loss = loss_fn(model)
             loss.backward()
             phases[name].append(time.perf_counter() - start)
             if not torch.isfinite(loss):
@@ -79,9 +79,9 @@ def training_candidates(models, loss_of, extra=None):
             optimizer.step()
         return run
 
-    candidates = {name: iteration(name, model) for name, model in models.items()}
-    for name, (model, before) in (extra or {}).items():
-        candidates[name] = iteration(name, model, before)
+    candidates = {name: iteration(name, model, loss_of) for name, model in models.items()}
+    for name, (model, loss_fn) in (extra or {}).items():
+        candidates[name] = iteration(name, model, loss_fn)
     return candidates, phases
 
 
@@ -139,15 +139,14 @@ def mask_rcnn(depth, repeats, statdiff_period, size=None):
     batch = next(iter(build_detection_train_loader(cfg)))
     tracker = bcn.ChannelStatsTracker(models["BCN+WS"]) if statdiff_period else None
 
-    def loss_of(model):
+    def loss_of(model, record=False):
         if tracker is not None:
-            tracker.active = recording.pop(model, False)
+            tracker.active = record
         return sum(model(batch).values())
 
-    recording = {}
     extra = {}
     if tracker is not None:
-        extra["BCN+WS, StatDiff recorded"] = (models["BCN+WS"], lambda model: recording.update({model: True}))
+        extra["BCN+WS, StatDiff recorded"] = (models["BCN+WS"], lambda model: loss_of(model, record=True))
     candidates, phases = training_candidates(models, loss_of, extra)
     with EventStorage():  # detectron2's losses log into one
         train = interleaved(candidates, repeats)
