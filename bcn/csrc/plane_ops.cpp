@@ -61,17 +61,25 @@ int64_t grain_for(int64_t values_per_item) {
   return std::max<int64_t>(1, kMinWorkPerTask / std::max<int64_t>(values_per_item, 1));
 }
 
-// The lanes of a Pack summed pairwise, halves added as vectors (log2(width) dependent adds, not
-// width - 1): on small planes (7x7, 12x12) a lane-by-lane sum cost as much as the plane's own sums.
-template <typename T, int64_t Lanes>
-inline T lane_sum(const T* lanes) {
-  if constexpr (Lanes == 1) {
-    return lanes[0];
+// The lanes of a vector summed pairwise: its halves added as vectors, down to two lanes
+// (log2(lanes) vector adds). Written lane by lane on an array, the compiler emitted a chain of
+// scalar adds with shuffles; through memcpy it kept the accumulators in memory. Built from the
+// lanes' values, the halves stay in registers.
+template <typename T, typename V, size_t... Lane>
+inline T lane_sum(const V& v, std::index_sequence<Lane...>) {
+  constexpr size_t half = sizeof...(Lane);
+  if constexpr (half == 1) {
+    return v[0] + v[1];
   } else {
-    T half[Lanes / 2];
-    for (int64_t l = 0; l < Lanes / 2; ++l) half[l] = lanes[l] + lanes[l + Lanes / 2];
-    return lane_sum<T, Lanes / 2>(half);
+    typedef T Half __attribute__((vector_size(half * sizeof(T))));
+    const Half sum = Half{v[Lane]...} + Half{v[Lane + half]...};
+    return lane_sum<T>(sum, std::make_index_sequence<half / 2>());
   }
+}
+
+template <typename T, typename V>
+inline T lane_sum(const V& v) {
+  return lane_sum<T>(v, std::make_index_sequence<sizeof(V) / sizeof(T) / 2>());
 }
 
 // sum_i f(i) and sum_i h(i) over [0, n). term(i, f, h) adds f(i..) and h(i..) to f and h,
@@ -86,10 +94,7 @@ void two_sums(int64_t n, const Term& term, double& sum_f, double& sum_h) {
     V vf = {}, vh = {};
     int64_t i = start;
     for (; i + width <= stop; i += width) term(i, vf, vh);
-    scalar_t lanes_f[width], lanes_h[width];
-    std::memcpy(lanes_f, &vf, sizeof(V));
-    std::memcpy(lanes_h, &vh, sizeof(V));
-    scalar_t f = lane_sum<scalar_t, width>(lanes_f), h = lane_sum<scalar_t, width>(lanes_h);
+    scalar_t f = lane_sum<scalar_t>(vf), h = lane_sum<scalar_t>(vh);
     for (; i < stop; ++i) term(i, f, h);
     total_f += f;
     total_h += h;
