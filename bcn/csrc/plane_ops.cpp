@@ -262,6 +262,59 @@ bool in_memory_order(int64_t n, int64_t d, int64_t size, int64_t bytes) {
   return chunk <= kMaxChunkBytes && n * chunk >= kMinBlockBytes;
 }
 
+// The training kernels' walk over a map, forward and backward alike: every plane's two sums,
+// each group's algebra from its planes' sums, every plane's output from the coefficients the
+// algebra gave it. Plane (s, g, j) is sample s's channel g * d + j; within a group, its sums
+// and coefficients are at index s * d + j.
+//   sums(plane, f, h)                      the plane's two sums
+//   make_scratch()                         a task's working memory for solve
+//   solve(g, f, h, scratch, coefficients)  group g's coefficients (a Coef per plane)
+//   write(plane, coefficient)              the plane's output
+// Either schedule above (in_memory_order) runs the same arithmetic per plane and per group, so
+// results depend on neither the schedule nor the thread count.
+template <typename Coef, typename Sums, typename MakeScratch, typename Solve, typename Write>
+void sums_solve_write(int64_t n, int64_t groups, int64_t d, int64_t size, int64_t bytes,
+                      const Sums& sums, const MakeScratch& make_scratch, const Solve& solve,
+                      const Write& write) {
+  const int64_t channels = groups * d;
+  if (!in_memory_order(n, d, size, bytes)) {
+    at::parallel_for(0, groups, grain_for(n * d * size), [&](int64_t begin, int64_t end) {
+      auto scratch = make_scratch();
+      std::vector<double> f(n * d), h(n * d);
+      std::vector<Coef> coefficients(n * d);
+      for (int64_t g = begin; g < end; ++g) {
+        for (int64_t s = 0; s < n; ++s)
+          for (int64_t j = 0; j < d; ++j) sums(s * channels + g * d + j, f[s * d + j], h[s * d + j]);
+        solve(g, f.data(), h.data(), scratch, coefficients.data());
+        for (int64_t s = 0; s < n; ++s)
+          for (int64_t j = 0; j < d; ++j) write(s * channels + g * d + j, coefficients[s * d + j]);
+      }
+    });
+    return;
+  }
+  // Rows of d planes (one sample's planes of one group) in memory order; group-major arrays,
+  // plane (s, g, j) at g * n * d + s * d + j.
+  std::vector<double> f(n * channels), h(n * channels);
+  std::vector<Coef> coefficients(n * channels);
+  const auto rows = [&](const auto& each_plane) {
+    at::parallel_for(0, n * groups, grain_for(d * size), [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) {
+        const int64_t s = row / groups, g = row % groups, k = g * n * d + s * d;
+        for (int64_t j = 0; j < d; ++j) each_plane(row * d + j, k + j);
+      }
+    });
+  };
+  rows([&](int64_t plane, int64_t k) { sums(plane, f[k], h[k]); });
+  at::parallel_for(0, groups, grain_for(n * d * kAlgebraCostPerPlane), [&](int64_t begin, int64_t end) {
+    auto scratch = make_scratch();
+    for (int64_t g = begin; g < end; ++g) {
+      const int64_t k = g * n * d;
+      solve(g, &f[k], &h[k], scratch, &coefficients[k]);
+    }
+  });
+  rows([&](int64_t plane, int64_t k) { write(plane, coefficients[k]); });
+}
+
 // Step-1 statistics of the group's channels. Batch mode: the batch's mean and biased
 // variance. Estimate mode (Algorithm 1): the estimates moved at `rate` towards the batch mean
 // and the mean square around the OLD mean estimate.
@@ -412,75 +465,41 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_for
     const auto old_var = per_channel<scalar_t>(running_var, channels);
     const auto w = per_channel<scalar_t>(bn_w, channels), bb = per_channel<scalar_t>(bn_b, channels);
     const auto gam = per_channel<scalar_t>(gamma, channels), bet = per_channel<scalar_t>(beta, channels);
-    // Group g from its planes' moments m, v (index s * d + j): the step-1 statistics, and each
-    // plane's output as y = A x + B (A, B at the same index).
-    const auto solve_group = [&](int64_t g, const double* m, const double* v, GroupAlgebra& alg,
-                                 double* mean_g, double* var_g, scalar_t* A, scalar_t* B) {
+    // Group g from its planes' moments m, v: the step-1 statistics, and each plane's output as
+    // y = a x + b.
+    struct Affine { scalar_t a, b; };
+    struct Scratch {
+      GroupAlgebra alg;
+      std::vector<double> mean, var;  // step 1's, of the group's channels
+    };
+    const auto solve_group = [&](int64_t g, const double* m, const double* v, Scratch& t, Affine* affine) {
       const int64_t c0 = g * d;
-      step1_statistics(n, d, m, v, estimate, &old_mean[c0], &old_var[c0], rate, mean_g, var_g);
-      alg.solve(m, v, mean_g, var_g, &w[c0], &bb[c0]);
+      step1_statistics(n, d, m, v, estimate, &old_mean[c0], &old_var[c0], rate, t.mean.data(), t.var.data());
+      t.alg.solve(m, v, t.mean.data(), t.var.data(), &w[c0], &bb[c0]);
       for (int64_t s = 0; s < n; ++s) {
         for (int64_t j = 0; j < d; ++j) {
           const int64_t k = s * d + j, plane = s * channels + c0 + j;
-          const auto [a, b] = alg.affine(s, j, gam[c0 + j], bet[c0 + j]);
-          A[k] = static_cast<scalar_t>(a);
-          B[k] = static_cast<scalar_t>(b);
+          const auto [a, b] = t.alg.affine(s, j, gam[c0 + j], bet[c0 + j]);
+          affine[k] = {static_cast<scalar_t>(a), static_cast<scalar_t>(b)};
           pm[plane] = static_cast<scalar_t>(m[k]);
           pv[plane] = static_cast<scalar_t>(v[k]);
         }
       }
       for (int64_t j = 0; j < d; ++j) {
-        pmean[c0 + j] = static_cast<scalar_t>(mean_g[j]);
-        pvar[c0 + j] = static_cast<scalar_t>(var_g[j]);
+        pmean[c0 + j] = static_cast<scalar_t>(t.mean[j]);
+        pvar[c0 + j] = static_cast<scalar_t>(t.var[j]);
       }
     };
-    const auto write_plane = [&](int64_t plane, scalar_t A, scalar_t B) {
-      const scalar_t* in = px + plane * size;
-      scalar_t* out = py + plane * size;
-      for (int64_t i = 0; i < size; ++i) out[i] = A * in[i] + B;
-    };
-    if (!in_memory_order(n, d, size, sizeof(scalar_t))) {
-      // One task per group: its block read for the moments, then written while in cache.
-      at::parallel_for(0, groups, grain_for(n * d * size), [&](int64_t begin, int64_t end) {
-        std::vector<double> m(n * d), v(n * d), mean_g(d), var_g(d);
-        std::vector<scalar_t> A(n * d), B(n * d);
-        GroupAlgebra alg(n, d, eps);
-        for (int64_t g = begin; g < end; ++g) {
-          const int64_t c0 = g * d;
-          for (int64_t s = 0; s < n; ++s)
-            for (int64_t j = 0; j < d; ++j)
-              moments_of(px + (s * channels + c0 + j) * size, size, m[s * d + j], v[s * d + j]);
-          solve_group(g, m.data(), v.data(), alg, mean_g.data(), var_g.data(), A.data(), B.data());
-          for (int64_t s = 0; s < n; ++s)
-            for (int64_t j = 0; j < d; ++j) write_plane(s * channels + c0 + j, A[s * d + j], B[s * d + j]);
-        }
-      });
-    } else {
-      // Three passes, the two over the map in memory order: moments, the groups' algebra, output.
-      // Group-major arrays: plane (s, g * d + j) at g * n * d + s * d + j.
-      std::vector<double> m(n * channels), v(n * channels);
-      std::vector<scalar_t> A(n * channels), B(n * channels);
-      at::parallel_for(0, n * groups, grain_for(d * size), [&](int64_t begin, int64_t end) {
-        for (int64_t row = begin; row < end; ++row) {
-          const int64_t s = row / groups, g = row % groups, k = g * n * d + s * d;
-          for (int64_t j = 0; j < d; ++j) moments_of(px + (row * d + j) * size, size, m[k + j], v[k + j]);
-        }
-      });
-      at::parallel_for(0, groups, grain_for(n * d * kAlgebraCostPerPlane), [&](int64_t begin, int64_t end) {
-        std::vector<double> mean_g(d), var_g(d);
-        GroupAlgebra alg(n, d, eps);
-        for (int64_t g = begin; g < end; ++g) {
-          const int64_t k = g * n * d;
-          solve_group(g, &m[k], &v[k], alg, mean_g.data(), var_g.data(), &A[k], &B[k]);
-        }
-      });
-      at::parallel_for(0, n * groups, grain_for(d * size), [&](int64_t begin, int64_t end) {
-        for (int64_t row = begin; row < end; ++row) {
-          const int64_t s = row / groups, g = row % groups, k = g * n * d + s * d;
-          for (int64_t j = 0; j < d; ++j) write_plane(row * d + j, A[k + j], B[k + j]);
-        }
-      });
-    }
+    sums_solve_write<Affine>(
+        n, groups, d, size, sizeof(scalar_t),
+        [&](int64_t plane, double& m, double& v) { moments_of(px + plane * size, size, m, v); },
+        [&] { return Scratch{GroupAlgebra(n, d, eps), std::vector<double>(d), std::vector<double>(d)}; },
+        solve_group,
+        [&](int64_t plane, Affine affine) {  // by value: no reload per store for possible aliasing
+          const scalar_t* in = px + plane * size;
+          scalar_t* out = py + plane * size;
+          for (int64_t i = 0; i < size; ++i) out[i] = affine.a * in[i] + affine.b;
+        });
     if (update) {
       commit_running_state<scalar_t>(estimate, rate, n * size, pmean, pvar, running_mean,
                                      running_var, batches, skipped);
@@ -524,12 +543,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_bac
     const auto mean_c = per_channel<scalar_t>(mean, channels), var_c = per_channel<scalar_t>(var, channels);
     const auto w = per_channel<scalar_t>(bn_w, channels), bb = per_channel<scalar_t>(bn_b, channels);
     const auto gam_c = per_channel<scalar_t>(gamma, channels);
-    // Sums over plane (s, c) of g and of g (x - its mean rounded to scalar_t).
-    const auto plane_sums = [&](int64_t plane, double& sum_g, double& sum_gx) {
-      gradient_sums(pg + plane * size, px + plane * size, pm[plane], size, sum_g, sum_gx);
-    };
-    // Group g from its planes' sums s1, s2 (index s * d + j): the parameters' gradients, and
-    // each plane's input gradient as dx = P g + Q (x - mean_j) + K (P, Q, K at the same index).
+    // Group g from its planes' sums s1, s2 of g and of g (x - the plane's mean rounded to
+    // scalar_t): the parameters' gradients, and each plane's input gradient as
+    // dx = P g + Q (x - mean_j) + K.
+    struct Gradient { scalar_t P, Q, K; };
     struct Scratch {
       std::vector<double> m, v, gz, p1, q1, k1, dgamma, dbeta, sum1, sum2;
       GroupAlgebra alg;
@@ -537,7 +554,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_bac
           q1(n * d), k1(n * d), dgamma(d), dbeta(d), sum1(d), sum2(d), alg(n, d, eps) {}
     };
     const auto solve_group = [&](int64_t g, const double* s1, const double* s2, Scratch& t,
-                                 scalar_t* P, scalar_t* Q, scalar_t* K) {
+                                 Gradient* gradient) {
       const int64_t c0 = g * d;
       const double len = static_cast<double>(size);
       auto &m = t.m, &v = t.v, &gz = t.gz, &p1 = t.p1, &q1 = t.q1, &k1 = t.k1;
@@ -589,10 +606,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_bac
         for (int64_t s = 0; s < n; ++s) {
           const int64_t k = s * d + j;
           const double q = aj * (q1[k] - drop_x);
-          P[k] = static_cast<scalar_t>(aj * p1[k]);
-          Q[k] = static_cast<scalar_t>(q);
-          K[k] = static_cast<scalar_t>(aj * (k1[k] - drop_mean + mean_g[j] * drop_x) +
-                                       q * static_cast<double>(centre));
+          gradient[k] = {static_cast<scalar_t>(aj * p1[k]), static_cast<scalar_t>(q),
+                         static_cast<scalar_t>(aj * (k1[k] - drop_mean + mean_g[j] * drop_x) +
+                                               q * static_cast<double>(centre))};
         }
         pdw[c0 + j] = static_cast<scalar_t>(sum2[j] * std::sqrt(inv_var));
         pdb[c0 + j] = static_cast<scalar_t>(sum1[j]);
@@ -606,55 +622,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_bac
         pdbeta[g] = static_cast<scalar_t>(std::accumulate(dbeta.begin(), dbeta.end(), 0.0));
       }
     };
-    const auto write_plane = [&](int64_t plane, scalar_t P, scalar_t Q, scalar_t K) {
-      const scalar_t* gp = pg + plane * size;
-      const scalar_t* xp = px + plane * size;
-      const scalar_t centre = static_cast<scalar_t>(mean_c[plane % channels]);
-      scalar_t* out = pd + plane * size;
-      for (int64_t i = 0; i < size; ++i) out[i] = P * gp[i] + Q * (xp[i] - centre) + K;
-    };
-    if (!in_memory_order(n, d, size, sizeof(scalar_t))) {
-      // One task per group: its block read for the sums, then written while in cache.
-      at::parallel_for(0, groups, grain_for(n * d * size), [&](int64_t begin, int64_t end) {
-        Scratch scratch(n, d, eps);
-        std::vector<double> s1(n * d), s2(n * d);
-        std::vector<scalar_t> P(n * d), Q(n * d), K(n * d);
-        for (int64_t g = begin; g < end; ++g) {
-          const int64_t c0 = g * d;
-          for (int64_t s = 0; s < n; ++s)
-            for (int64_t j = 0; j < d; ++j) plane_sums(s * channels + c0 + j, s1[s * d + j], s2[s * d + j]);
-          solve_group(g, s1.data(), s2.data(), scratch, P.data(), Q.data(), K.data());
-          for (int64_t s = 0; s < n; ++s)
-            for (int64_t j = 0; j < d; ++j) {
-              const int64_t k = s * d + j;
-              write_plane(s * channels + c0 + j, P[k], Q[k], K[k]);
-            }
-        }
-      });
-    } else {
-      // Three passes, the two over the maps in memory order; group-major arrays as in train_forward.
-      std::vector<double> s1(n * channels), s2(n * channels);
-      std::vector<scalar_t> P(n * channels), Q(n * channels), K(n * channels);
-      at::parallel_for(0, n * groups, grain_for(d * size), [&](int64_t begin, int64_t end) {
-        for (int64_t row = begin; row < end; ++row) {
-          const int64_t s = row / groups, g = row % groups, k = g * n * d + s * d;
-          for (int64_t j = 0; j < d; ++j) plane_sums(row * d + j, s1[k + j], s2[k + j]);
-        }
-      });
-      at::parallel_for(0, groups, grain_for(n * d * kAlgebraCostPerPlane), [&](int64_t begin, int64_t end) {
-        Scratch scratch(n, d, eps);
-        for (int64_t g = begin; g < end; ++g) {
-          const int64_t k = g * n * d;
-          solve_group(g, &s1[k], &s2[k], scratch, &P[k], &Q[k], &K[k]);
-        }
-      });
-      at::parallel_for(0, n * groups, grain_for(d * size), [&](int64_t begin, int64_t end) {
-        for (int64_t row = begin; row < end; ++row) {
-          const int64_t s = row / groups, g = row % groups, k = g * n * d + s * d;
-          for (int64_t j = 0; j < d; ++j) write_plane(row * d + j, P[k + j], Q[k + j], K[k + j]);
-        }
-      });
-    }
+    sums_solve_write<Gradient>(
+        n, groups, d, size, sizeof(scalar_t),
+        [&](int64_t plane, double& sum_g, double& sum_gx) {
+          gradient_sums(pg + plane * size, px + plane * size, pm[plane], size, sum_g, sum_gx);
+        },
+        [&] { return Scratch(n, d, eps); },
+        solve_group,
+        [&](int64_t plane, Gradient gradient) {  // by value, as in train_forward
+          const auto [P, Q, K] = gradient;
+          const scalar_t* gp = pg + plane * size;
+          const scalar_t* xp = px + plane * size;
+          const scalar_t centre = static_cast<scalar_t>(mean_c[plane % channels]);
+          scalar_t* out = pd + plane * size;
+          for (int64_t i = 0; i < size; ++i) out[i] = P * gp[i] + Q * (xp[i] - centre) + K;
+        });
   });
   return {dx, d_bn_w, d_bn_b, d_gamma, d_beta};
 }
