@@ -43,6 +43,26 @@ def test_statistics_of_a_far_offset_map(ops, fresh_seed, shape, dtype):
     assert rel_err(plane_mean, m64) < tol and rel_err(mean, batch.mean(1)) < tol
     var_tol = 1e-4 if dtype == torch.float32 else 1e-9  # var / mean^2 ~ 2.5e-7
     assert rel_err(plane_var, v64) < var_tol and rel_err(var, batch.var(1, correction=0)) < var_tol
+    # the output is taken around the channels' means: float precision, not ~1e-4 (x ~ 1000)
+    step1 = (x.double() - batch.mean(1)[:, None, None]) / (batch.var(1, correction=0)[:, None, None] + 1e-5).sqrt()
+    expected = torch.nn.functional.group_norm(step1, 2, eps=1e-5)
+    assert rel_err(y, expected) < (1e-5 if dtype == torch.float32 else 1e-10)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("tracked,tol", [(False, 1e-3), (True, 1e-5)])
+def test_inference_of_a_far_offset_map(ops, fresh_seed, shape, tracked, tol):
+    # mean 1000, std 0.5: the groups' variance is 2.5e-7 of their mean square, which sums around
+    # zero would lose entirely. Step 1's statistics tracked (mean 1000, var 0.25): the output is
+    # taken around them and keeps float precision; stale (mean 0, var 1): the output's own
+    # rounding, A x + B with A x ~ 2000, bounds the error at ~1e-4.
+    x = (torch.randn(shape, dtype=torch.float64) * 0.5 + 1000.0).float()
+    c, groups = shape[1], 2
+    mean, var = (torch.full((c,), 1000.0), torch.full((c,), 0.25)) if tracked else (torch.zeros(c), torch.ones(c))
+    ones, zeros = torch.ones(c), torch.zeros(c)
+    y = ops.inference_forward(x, mean, var, ones, zeros, torch.ones(groups), torch.zeros(groups), groups, 1e-5)
+    step1 = (x.double() - mean.double()[:, None, None]) / (var.double()[:, None, None] + 1e-5).sqrt()
+    assert rel_err(y, torch.nn.functional.group_norm(step1, groups, eps=1e-5)) < tol
 
 
 # the last: an ROI batch, which the training kernels take in memory order
