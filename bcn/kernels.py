@@ -27,7 +27,10 @@ from typing import Optional
 import torch
 
 SOURCE = Path(__file__).with_name("csrc") / "plane_ops.cpp"
-CFLAGS = ["-O3", "-fopenmp"]  # OpenMP: torch's own intra-op threads (same libgomp soname)
+# OpenMP: torch's own intra-op threads (same libgomp soname). -fno-math-errno: std::sqrt may then
+# be vectorized (errno is never read; a negative argument still gives NaN); bitwise-identical
+# results, eval on 4x4-8x8 maps 13-20% faster, training at 6x6 3-6%.
+CFLAGS = ["-O3", "-fopenmp", "-fno-math-errno"]
 NATIVE_CFLAGS = CFLAGS + ["-march=native"]
 DTYPES = (torch.float32, torch.float64)
 
