@@ -22,7 +22,6 @@ reference path otherwise). The numerics match the reference composition (tests).
 """
 from typing import Tuple
 
-import torch
 from torch import Tensor
 
 from .kernels import plane_ops
@@ -46,11 +45,11 @@ def batch_channel_norm_training(x: Tensor, groups: int, bn_weight: Tensor, bn_bi
 def batch_channel_norm_inference(x: Tensor, groups: int, bn_weight: Tensor, bn_bias: Tensor,
                                  gn_weight: Tensor, gn_bias: Tensor, eps: float, mean: Tensor,
                                  var: Tensor) -> Tensor:
-    """BCN with step 1 fixed to (mean, var), without gradient: one task per (sample, group),
-    the group's moments and then its output while it is in cache, as GroupNorm runs."""
-    with torch.no_grad():
-        return plane_ops().inference_forward(x.contiguous(), mean, var, bn_weight, bn_bias,
-                                             gn_weight.reshape(-1), gn_bias.reshape(-1), groups, eps)
+    """BCN with step 1 fixed to (mean, var), outside autograd (the output has no gradient): one
+    task per (sample, group), the group's moments and then its output while it is in cache, as
+    GroupNorm runs."""
+    return plane_ops().inference_forward(x.contiguous(), mean, var, bn_weight, bn_bias, gn_weight,
+                                         gn_bias, groups, eps)
 
 
 def weight_standardization(weight: Tensor, eps: float) -> Tensor:

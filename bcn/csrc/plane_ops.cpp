@@ -736,7 +736,7 @@ struct TrainingBatchChannelNorm : public torch::autograd::Function<TrainingBatch
     const auto map = x.contiguous();
     auto [y, plane_mean, plane_var, mean, var] =
         train_forward(map, estimate, running_mean, running_var, batches, skipped, rate, update,
-                      bn_w, bn_b, gamma.reshape(-1), beta.reshape(-1), groups, eps);
+                      bn_w, bn_b, gamma, beta, groups, eps);
     ctx->save_for_backward({map, plane_mean, plane_var, mean, var, bn_w, bn_b, gamma});
     ctx->saved_data["estimate"] = estimate;
     ctx->saved_data["groups"] = groups;
@@ -748,14 +748,13 @@ struct TrainingBatchChannelNorm : public torch::autograd::Function<TrainingBatch
                                                  torch::autograd::variable_list grads) {
     check_once_differentiable("BCN's fused kernels", "build the layer with impl='reference'");
     const auto saved = ctx->get_saved_variables();
-    const auto& gamma = saved[7];
     auto [dx, d_bn_w, d_bn_b, d_gamma, d_beta] = train_backward(
         grads[0].contiguous(), saved[0], saved[1], saved[2], ctx->saved_data["estimate"].toBool(),
-        saved[3], saved[4], saved[5], saved[6], gamma.reshape(-1),
+        saved[3], saved[4], saved[5], saved[6], saved[7],
         ctx->saved_data["groups"].toInt(), ctx->saved_data["eps"].toDouble());
     const at::Tensor none;  // for the arguments that are not differentiable
-    return {dx, none, none, none, none, none, none, none, d_bn_w, d_bn_b,
-            d_gamma.view_as(gamma), d_beta.view_as(gamma), none, none};
+    // (d_gamma, d_beta have gamma's shape: the kernels take the affine in any contiguous shape)
+    return {dx, none, none, none, none, none, none, none, d_bn_w, d_bn_b, d_gamma, d_beta, none, none};
   }
 };
 
