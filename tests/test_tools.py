@@ -91,3 +91,17 @@ def test_benchmark_model_writes_its_table(tmp_path):
     for row in ("training iteration, BCN+WS", "training iteration, GN+WS", "forward + backward, BCN+WS",
                 "inference, BCN+WS folded"):
         assert table.count(f"| {row} |") == 2, row
+
+
+def test_benchmark_model_reports_ratios_over_fresh_processes(tmp_path):
+    out = tmp_path / "model.md"
+    result = run("tools/benchmark_model.py", "--repeats", "1", "--runs", "2", "--models", "mask_rcnn_r18",
+                 "--size", "64", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = out.read_text()
+    assert "2 runs" in table and "median (range) over runs" in table
+    row = next(line for line in table.splitlines() if line.startswith("| training iteration, BCN+WS |"))
+    low, high = (float(v) for v in row.rsplit("(", 1)[1].rstrip(" |)").split("-"))
+    median = float(row.split("|")[3].split("x")[0])
+    assert low <= median <= high
+    assert "StatDiff hook, amortized at period 20 |  | " in table

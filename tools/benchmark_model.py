@@ -5,7 +5,7 @@ iteration (forward + backward) of GN, GN+WS and BCN+WS; inference of GN, BCN+WS 
 BCN+WS folded (plain convolutions + GroupNorm, bcn_det/bcn_seg.fold_bcn); for Mask R-CNN
 R18 also the StatDiff hook's overhead (tracker active on one iteration in N).
 
-    python tools/benchmark_model.py [--repeats 9] [--models mask_rcnn_r18,mask_rcnn_r50,deeplabv3_r50] [--size 512]
+    python tools/benchmark_model.py [--repeats 9] [--runs 5] [--models mask_rcnn_r18,mask_rcnn_r50,deeplabv3_r50] [--size 512]
 
 --size runs the same toy models on larger images (Mask R-CNN: the toy images resized to that
 many pixels; DeepLabV3: that crop size), where the per-weight costs (WS) and per-layer costs
@@ -17,12 +17,19 @@ weight decay 1e-4); the forward + backward part is also reported on its own. Dat
 not timed.
 
 Variants run interleaved in a shuffled order within each repeat; ratios are medians over
-repeats of per-repeat ratios, so machine noise hits all variants alike.
+repeats of per-repeat ratios, so machine noise hits all variants alike. What it does not even
+out is the process itself: on these machines one run's ratio moves by up to ~0.1 from the
+next's. --runs N runs N fresh processes one after the other and reports each ratio's median
+and range over them.
 """
 import argparse
 import copy
+import json
 import random
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -111,8 +118,23 @@ def ratio(times, name, base):
 
 
 def rows(kind, times, base):
-    return [f"| {kind}, {name} | {statistics.median(times[name]) * 1e3:.0f} ms | "
-            f"{ratio(times, name, base):.3f}x {base} |" for name in times]
+    """Table rows as data: [measurement, median ms, ratio, unit]."""
+    return [[f"{kind}, {name}", statistics.median(times[name]) * 1e3, ratio(times, name, base), f"x {base}"]
+            for name in times]
+
+
+def table(title, rows_):
+    """A model's markdown table; a ratio may be a list of per-run ratios (median and range)."""
+    def value(v, unit):
+        if not isinstance(v, list):
+            return f"{v:+.2f}{unit}" if unit.startswith("%") else f"{v:.3f}{unit}"
+        if unit.startswith("%"):
+            return f"{statistics.median(v):+.2f}{unit} ({min(v):+.2f} to {max(v):+.2f})"
+        return f"{statistics.median(v):.3f}{unit} ({min(v):.3f}-{max(v):.3f})"
+
+    return [f"### {title}", "", "| measurement | median time | ratio |", "|---|---|---|",
+            *(f"| {name} | {'' if ms is None else f'{ms:.0f} ms'} | {value(r, unit)} |"
+              for name, ms, r, unit in rows_), ""]
 
 
 def mask_rcnn(depth, repeats, statdiff_period, size=None):
@@ -163,11 +185,10 @@ def mask_rcnn(depth, repeats, statdiff_period, size=None):
                           {k: v for k, v in phases.items() if "StatDiff" not in k})
     if tracker is not None:
         recorded = ratio(train, "BCN+WS, StatDiff recorded", "BCN+WS")
-        lines.append(f"| training iteration, BCN+WS, StatDiff recorded | "
-                     f"{statistics.median(train['BCN+WS, StatDiff recorded']) * 1e3:.0f} ms | "
-                     f"{recorded:.3f}x BCN+WS |")
-        lines.append(f"| StatDiff hook, amortized at period {statdiff_period} | | "
-                     f"{(recorded - 1) / statdiff_period * 100:+.2f}% of an iteration |")
+        lines.append(["training iteration, BCN+WS, StatDiff recorded",
+                      statistics.median(train["BCN+WS, StatDiff recorded"]) * 1e3, recorded, "x BCN+WS"])
+        lines.append([f"StatDiff hook, amortized at period {statdiff_period}", None,
+                      (recorded - 1) / statdiff_period * 100, "% of an iteration"])
     return title, lines + rows("inference", infer_times, "GN")
 
 
@@ -220,6 +241,9 @@ MODELS = {
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--runs", type=int, default=1,
+                        help="fresh processes, one after the other; ratios reported as the median "
+                             "(range) over runs -- one process can land anywhere in that range")
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {', '.join(MODELS)}")
     parser.add_argument("--statdiff-period", type=int, default=20)
     parser.add_argument("--size", type=int, default=None,
@@ -228,21 +252,56 @@ def main(argv=None):
     parser.add_argument("--malloc-defaults", action="store_true",
                         help="leave glibc's malloc as it is (by default it keeps freed memory, "
                              "as the training launchers set it on CPU: bcn/allocator.py)")
+    parser.add_argument("--json", help=argparse.SUPPRESS)  # one run's rows, for --runs
     args = parser.parse_args(argv)
-    kept = not args.malloc_defaults and bcn.allocator.keep_freed_memory()
     unknown = set(args.models.split(",")) - set(MODELS)
     if unknown:
         parser.error(f"unknown models {sorted(unknown)}; choose from {', '.join(MODELS)}")
-    malloc = "keeps freed memory" if kept else "defaults"
-    lines = [f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.repeats} repeats, "
-             f"malloc {malloc}; time: median; ratio: median of per-repeat ratios", ""]
-    for name in args.models.split(","):
-        title, table = MODELS[name](args)
-        lines += [f"### {title}", "", "| measurement | median time | ratio |", "|---|---|---|", *table, ""]
-        print("\n".join(lines[-len(table) - 4:]), flush=True)
+    if args.runs > 1:
+        header, tables = runs_in_fresh_processes(args)
+    else:
+        kept = not args.malloc_defaults and bcn.allocator.keep_freed_memory()
+        header = (f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.repeats} repeats, "
+                  f"malloc {'keeps freed memory' if kept else 'defaults'}; time: median; ratio: median "
+                  f"of per-repeat ratios")
+        tables = []
+        for name in args.models.split(","):
+            tables.append(MODELS[name](args))
+            print("\n".join(table(*tables[-1])), flush=True)
+        if args.json:
+            Path(args.json).write_text(json.dumps({"header": header, "tables": tables}))
+    lines = [header, ""] + [line for title, rows_ in tables for line in table(title, rows_)]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines) + "\n")
+    if args.runs > 1:
+        print("\n".join(lines))
     print(f"saved {args.out}")
+
+
+def runs_in_fresh_processes(args):
+    """Each run in its own process (a process's allocations, and with them its timings, differ
+    from the next one's); per row the times' median and every run's ratio."""
+    child = ["--repeats", str(args.repeats), "--models", args.models, "--statdiff-period",
+             str(args.statdiff_period), *(["--size", str(args.size)] if args.size else []),
+             *(["--malloc-defaults"] if args.malloc_defaults else [])]
+    results = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for run in range(args.runs):
+            out = Path(scratch) / f"run{run}.json"
+            subprocess.run([sys.executable, __file__, *child, "--out", str(out.with_suffix(".md")),
+                            "--json", str(out)], check=True)
+            results.append(json.loads(out.read_text()))
+    tables = []
+    for t, (title, first_rows) in enumerate(results[0]["tables"]):
+        merged = []
+        for i, (name, _, _, unit) in enumerate(first_rows):
+            per_run = [result["tables"][t][1][i] for result in results]
+            times = [row[1] for row in per_run if row[1] is not None]
+            merged.append([name, statistics.median(times) if times else None, [row[2] for row in per_run], unit])
+        tables.append([title, merged])
+    header = results[0]["header"].replace("; time: median;", f", {args.runs} runs; time: median over runs;") + \
+        ", then median (range) over runs"
+    return header, tables
 
 
 if __name__ == "__main__":
