@@ -703,7 +703,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_bac
         },
         [&] { return Scratch(n, d, eps); },
         solve_group,
-        [&](int64_t plane, Gradient gradient) {  // by value, as in train_forward
+        [&](int64_t plane, Gradient gradient) {  // by value: no reload per store for possible aliasing
           const auto [P, Q, K] = gradient;
           const scalar_t* gp = pg + plane * size;
           const scalar_t* xp = px + plane * size;
