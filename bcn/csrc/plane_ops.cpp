@@ -239,12 +239,13 @@ struct GroupAlgebra {
     for (int64_t s = 0; s < n; ++s) {
       double sum = 0.0;
       for (int64_t j = 0; j < d; ++j) sum += (m1[s * d + j] = a[j] * m[s * d + j] + b[j]);
+      const double mean_s = sum / d;
       double spread = 0.0;
       for (int64_t j = 0; j < d; ++j) {
-        const double dm = m1[s * d + j] - sum / d;
+        const double dm = m1[s * d + j] - mean_s;
         spread += a[j] * a[j] * v[s * d + j] + dm * dm;
       }
-      group(s, sum / d, spread / d);
+      group(s, mean_s, spread / d);
     }
   }
 
