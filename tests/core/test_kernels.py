@@ -65,6 +65,19 @@ def test_inference_of_a_far_offset_map(ops, fresh_seed, shape, tracked, tol):
     assert rel_err(y, torch.nn.functional.group_norm(step1, groups, eps=1e-5)) < tol
 
 
+def test_inference_of_planes_smaller_than_a_vector(ops, fresh_seed):
+    # 5x3 planes: every value is past the plane's last full vector, 480 of them per group. Each
+    # group's first value is 10 std from its mean, so its sums (taken around that value) are
+    # large; added up in one float chain, they came out with 1.4e-5 to 2e-5 relative error.
+    n, c, groups = 2, 256, 8
+    x = torch.randn(n, c, 5, 3) + 3.0
+    x[:, :: c // groups, 0, 0] = -7.0
+    ones, zeros = torch.ones(c), torch.zeros(c)
+    y = ops.inference_forward(x, zeros, ones, ones, zeros, torch.ones(groups), torch.zeros(groups), groups, 1e-5)
+    expected = torch.nn.functional.group_norm(x.double() / (1 + 1e-5) ** 0.5, groups, eps=1e-5)
+    assert rel_err(y, expected) < 1e-6
+
+
 # the last: an ROI batch, which the training kernels take in memory order
 LARGE = [(3, 64, 67, 61, 32), (1, 128, 50, 41, 32), (2, 2048, 3, 5, 32), (96, 128, 9, 9, 16)]
 
