@@ -144,9 +144,15 @@ def mask_rcnn(depth, repeats, statdiff_period, size=None):
     import bcn_det
     from bcn_det.config import load_config
 
-    # Every detection kept up to DETECTIONS_PER_IMAGE: untrained models differ in how many
-    # boxes pass a score threshold, and the mask head's work in inference grows with them.
-    opts = ["MODEL.DEVICE", "cpu", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"] + (DET_R50 if depth == 50 else [])
+    # Equal work in the heads of every model. Inference: every detection kept up to
+    # DETECTIONS_PER_IMAGE (untrained models differ in how many boxes pass a score threshold).
+    # Training: a proposal counts as foreground from IoU 0.1 (0.5 in training proper), so each
+    # image's ROI sample always has its full 16 foreground boxes, as a trained RPN's has. At 0.5
+    # the untrained models had 4-11 foreground ROIs per iteration, drawn anew each iteration and
+    # differing between models, and each ROI is ~3 ms of mask-head work in R50's iteration:
+    # +-3% of an iteration, more than the costs measured here.
+    opts = ["MODEL.DEVICE", "cpu", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
+            "MODEL.ROI_HEADS.IOU_THRESHOLDS", "[0.1]"] + (DET_R50 if depth == 50 else [])
     if size:
         opts += ["INPUT.MIN_SIZE_TRAIN", f"({size},)", "INPUT.MAX_SIZE_TRAIN", str(size),
                  "INPUT.MIN_SIZE_TEST", str(size), "INPUT.MAX_SIZE_TEST", str(size)]
@@ -160,6 +166,7 @@ def mask_rcnn(depth, repeats, statdiff_period, size=None):
     bcn_det.register_toy_coco(bcn_det.ensure_toy_coco(cfg.DATASETS.TOY_ROOT or None))
     batch = next(iter(build_detection_train_loader(cfg)))
     tracker = bcn.ChannelStatsTracker(models["BCN+WS"]) if statdiff_period else None
+    head_rois = HeadRois(models)
 
     def loss_of(model, record=False):
         if tracker is not None:
@@ -174,13 +181,15 @@ def mask_rcnn(depth, repeats, statdiff_period, size=None):
         train = interleaved(candidates, repeats)
     if tracker is not None:
         tracker.remove()
+    rois = head_rois.agreed()
     images = [{"image": d["image"]} for d in batch]
     with torch.no_grad():
         counts = {name: [len(out["instances"]) for out in model.eval()(images)] for name, model in models.items()}
     if len({tuple(c) for c in counts.values()}) != 1:
         raise RuntimeError(f"the models detect different numbers of boxes {counts}: inference times would not compare")
     infer_times = inference_times(models, bcn_det.fold_bcn, lambda model: model(images), repeats)
-    title = f"Mask R-CNN R{depth}-FPN, {len(batch)} images of {batch[0]['image'].shape[-1]} px"
+    title = (f"Mask R-CNN R{depth}-FPN, {len(batch)} images of {batch[0]['image'].shape[-1]} px; "
+             f"training: {rois['box']} box and {rois['mask']} mask ROIs per iteration")
     lines = training_rows({k: v for k, v in train.items() if "StatDiff" not in k},
                           {k: v for k, v in phases.items() if "StatDiff" not in k})
     if tracker is not None:
@@ -190,6 +199,29 @@ def mask_rcnn(depth, repeats, statdiff_period, size=None):
         lines.append([f"StatDiff hook, amortized at period {statdiff_period}", None,
                       (recorded - 1) / statdiff_period * 100, "% of an iteration"])
     return title, lines + rows("inference", infer_times, "GN")
+
+
+class HeadRois:
+    """The ROIs each model's box and mask heads take per training iteration. Their times compare
+    only if these are the same for all models and iterations (checked by `agreed`)."""
+
+    def __init__(self, models):
+        self.seen = {name: set() for name in models}
+        self.hooks = [head.register_forward_hook(
+                          lambda module, inputs, output, name=name, kind=kind:
+                          self.seen[name].add((kind, inputs[0].shape[0])) if module.training else None)
+                      for name, model in models.items()
+                      for kind, head in (("box", model.roi_heads.box_head), ("mask", model.roi_heads.mask_head))]
+
+    def agreed(self):
+        """{head: ROIs per iteration}, the hooks removed; raises if models or iterations differ."""
+        for hook in self.hooks:
+            hook.remove()
+        seen = set.union(*self.seen.values())
+        if len(seen) != 2:
+            raise RuntimeError(f"the models' heads took different numbers of ROIs {self.seen}: "
+                               "training times would not compare")
+        return dict(sorted(seen))
 
 
 def deeplabv3(depth, repeats, size=None):
