@@ -86,7 +86,8 @@ def test_benchmark_model_writes_its_table(tmp_path):
                  "--size", "64", "--out", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     table = out.read_text()
-    assert "Mask R-CNN R18-FPN, 2 images of 64 px" in table and "DeepLabV3 R50" in table
+    assert "Mask R-CNN R18-FPN, 2 images of 64 px; training" in table and "DeepLabV3 R50" in table
+    assert "mask ROIs per iteration" in table  # the heads' work, equal or not
     assert "4 images of 64 px" in table
     for row in ("training iteration, BCN+WS", "training iteration, GN+WS", "forward + backward, BCN+WS",
                 "inference, BCN+WS folded"):
