@@ -84,8 +84,12 @@ inline T lane_sum(const V& v) {
 
 // sum_i f(i) and sum_i h(i) over [0, n). term(i, f, h) adds f(i..) and h(i..) to f and h,
 // for f, h either one scalar or one Pack of consecutive i (a generic lambda serves both).
+// Forced inline, with moments_of: GCC kept them calls, and on a 4x4 plane (one Pack) a call per
+// plane with its prologue and vzeroupper was a visible share of the work. Training kernels
+// 1-8% faster on 4x4-16x16 maps and ROI batches, large maps unchanged; bitwise identical.
+// (Forcing gradient_sums inline as well cost the backward ~3-5% on large maps.)
 template <typename scalar_t, typename Term>
-void two_sums(int64_t n, const Term& term, double& sum_f, double& sum_h) {
+[[gnu::always_inline]] inline void two_sums(int64_t n, const Term& term, double& sum_f, double& sum_h) {
   using V = typename Pack<scalar_t>::type;
   constexpr int64_t width = Pack<scalar_t>::width;
   double total_f = 0.0, total_h = 0.0;
@@ -141,7 +145,7 @@ void write_streaming(scalar_t* out, int64_t n, const Value& value) {
 // Mean and biased variance of one plane. Sums are taken around the plane's first value, so a
 // large offset does not cancel catastrophically in var = E[(x-k)^2] - E[x-k]^2.
 template <typename scalar_t>
-void moments_of(const scalar_t* plane, int64_t size, double& mean, double& var) {
+[[gnu::always_inline]] inline void moments_of(const scalar_t* plane, int64_t size, double& mean, double& var) {
   const scalar_t shift = plane[0];
   double s1, s2;
   two_sums<scalar_t>(size, [&](int64_t i, auto& f, auto& h) {
