@@ -25,6 +25,7 @@ and range over them.
 import argparse
 import copy
 import json
+import math
 import random
 import statistics
 import subprocess
@@ -261,7 +262,9 @@ def deeplabv3(depth, repeats, size=None):
     candidates, phases = training_candidates(models, loss_of)
     train = interleaved(candidates, repeats)
     infer_times = inference_times(models, bcn_seg.fold_bcn, lambda model: model._forward(x), repeats)
-    title = f"DeepLabV3 R{depth} (output stride 8, auxiliary head), {count} images of {size} px"
+    # the stem (a stride-2 conv, a stride-2 max pool) and then each stage's stride
+    output_stride = 4 * math.prod(cfg.model.backbone.strides)
+    title = f"DeepLabV3 R{depth} (output stride {output_stride}, auxiliary head), {count} images of {size} px"
     return title, training_rows(train, phases) + rows("inference", infer_times, "GN")
 
 
