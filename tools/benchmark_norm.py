@@ -6,7 +6,10 @@ times faster the fused layer is than the composition.
     python tools/benchmark_norm.py [--repeats 15] [--out output/benchmark_norm.md]
 
 Candidates run interleaved in a shuffled order within each repeat, and each ratio is the
-median over repeats of the per-repeat ratio, so machine noise hits all candidates alike.
+median over repeats of the per-repeat ratio, so machine noise hits all candidates alike. A
+timing covers at least MIN_TIMING_S of back-to-back calls (the same count for every candidate
+of a shape): one call of a small map's layer takes 10-80 us, and timed alone such calls gave
+ratios that moved by up to 0.5 between runs.
 float32 on the CPU; float16 and bfloat16 (autocast) on a GPU when there is one.
 
 glibc's malloc is set as the training launchers set it on CPU (bcn/allocator.py: no mmap per
@@ -15,6 +18,7 @@ a detection-sized map (34-69 MB) is mapped afresh and page-faulted in on every c
 candidate: that cost, larger than the normalization itself, then dominates every ratio.
 """
 import argparse
+import math
 import random
 import statistics
 import time
@@ -26,6 +30,7 @@ from torch import nn
 import bcn
 
 SHAPES = [(1, 256, 200, 336), (2, 256, 100, 168), (4, 512, 32, 32), (1, 2048, 25, 42)]
+MIN_TIMING_S = 2e-3
 
 
 def candidates(channels, device):
@@ -43,20 +48,24 @@ def candidates(channels, device):
     return {name: layer.to(device) for name, layer in layers.items()}
 
 
-def run_once(layer, x, grad, training, dtype, device):
+def time_per_call(layer, x, grad, training, dtype, device, calls=1):
+    """Seconds per call, over `calls` calls back to back. Training: forward + backward, the
+    input's gradient dropped after each call (the parameters' accumulate, as in every candidate)."""
     layer.train(training)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     autocast = torch.autocast(device, dtype=dtype) if dtype != torch.float32 else torch.autocast(device, enabled=False)
     sync()
     start = time.perf_counter()
     with autocast:
-        if training:
-            layer(x).backward(grad)
-        else:
-            with torch.no_grad():
-                layer(x)
+        for _ in range(calls):
+            if training:
+                layer(x).backward(grad)
+                x.grad = None
+            else:
+                with torch.no_grad():
+                    layer(x)
     sync()
-    return time.perf_counter() - start
+    return (time.perf_counter() - start) / calls
 
 
 def bench(shape, training, dtype, device, repeats):
@@ -65,14 +74,15 @@ def bench(shape, training, dtype, device, repeats):
     x.requires_grad_(training)
     grad = torch.randn_like(x)
     for layer in layers.values():  # warm-up
-        run_once(layer, x, grad, training, dtype, device)
+        time_per_call(layer, x, grad, training, dtype, device)
+    fastest = min(time_per_call(layer, x, grad, training, dtype, device) for layer in layers.values())
+    calls = max(1, math.ceil(MIN_TIMING_S / fastest))
     times = {name: [] for name in layers}
     for _ in range(repeats):
         order = list(layers)
         random.shuffle(order)
         for name in order:
-            times[name].append(run_once(layers[name], x, grad, training, dtype, device))
-            x.grad = None
+            times[name].append(time_per_call(layers[name], x, grad, training, dtype, device, calls))
     ratios = {name: statistics.median(t / g for t, g in zip(times[name], times["GroupNorm"])) for name in layers}
     composition = times["BCN composition (reference)"]
     speedups = [statistics.median(c / f for c, f in zip(composition, times[name]))
@@ -95,7 +105,8 @@ def main(argv=None):
         settings += [("cuda", torch.float16), ("cuda", torch.bfloat16)]
     lines = [f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.repeats} repeats, "
              f"malloc {'keeps freed memory' if kept else 'defaults'}; "
-             "time: median ms; ratio: median of per-repeat ratios to GroupNorm", ""]
+             f"time: median ms per call, each timing >= {MIN_TIMING_S * 1e3:g} ms of calls back to back; "
+             "ratio: median of per-repeat ratios to GroupNorm", ""]
     for device, dtype in settings:
         for training in (True, False):
             header = f"{device} {str(dtype).split('.')[-1]} {'training (fwd+bwd)' if training else 'eval (fwd)'}"
