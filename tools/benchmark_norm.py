@@ -75,6 +75,7 @@ def bench(shape, training, dtype, device, repeats):
     grad = torch.randn_like(x)
     for layer in layers.values():  # warm-up
         time_per_call(layer, x, grad, training, dtype, device)
+    # timed after the warm-up: a layer's first call (allocations, cold caches) is no estimate
     fastest = min(time_per_call(layer, x, grad, training, dtype, device) for layer in layers.values())
     calls = max(1, math.ceil(MIN_TIMING_S / fastest))
     times = {name: [] for name in layers}
