@@ -6,12 +6,20 @@ from torchvision.models.resnet import Bottleneck, ResNet
 
 import bcn
 
-VARIANTS = ("pbn", "bn", "module", "wrapped")
+# "estbn": the authors' README layer (BCNorm with an EstBN batch part named bn), which saves its
+# update rate as a buffer estbn_moving_speed in every layer.
+VARIANTS = ("pbn", "bn", "estbn", "module", "wrapped")
 
 
-def reference_model(resnext: bool) -> nn.Module:
+def reference_model(resnext: bool, layer4_dilations=None) -> nn.Module:
+    """layer4_dilations: None (stride 2, as on ImageNet) or the 3x3 dilation of each stage-4
+    block, stride 1 (torchvision's dilated ResNet builds (1, 2, 2); the rates are then set)."""
     kwargs = dict(groups=32, width_per_group=4) if resnext else {}
+    if layer4_dilations is not None:
+        kwargs["replace_stride_with_dilation"] = [False, False, True]
     model = ResNet(Bottleneck, [3, 4, 6, 3], norm_layer=lambda c: bcn.BatchChannelNorm2d(c, 32), **kwargs)
+    for block, rate in zip(model.layer4, layer4_dilations or ()):
+        block.conv2.dilation = block.conv2.padding = (rate, rate)
     for m in model.modules():
         if type(m) is nn.Conv2d:  # WS on every conv (each is followed by BCN); fc stays plain
             m.__class__ = bcn.WSConv2d
@@ -40,8 +48,11 @@ def stage_outputs(model, x):
 
 def save_variant(model, variant: str, path) -> None:
     state = model.state_dict()
-    if variant == "bn":
+    if variant in ("bn", "estbn"):
         state = {k.replace(".pbn.", ".bn."): v for k, v in state.items()}
+    if variant == "estbn":
+        for key in [k for k in state if k.endswith(".bn.running_mean")]:
+            state[key.replace("running_mean", "estbn_moving_speed")] = torch.zeros(1)
     if variant in ("module", "wrapped"):
         state = {"module." + k: v for k, v in state.items()}
     if variant == "wrapped":

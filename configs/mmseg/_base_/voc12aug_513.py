@@ -1,16 +1,15 @@
-# PASCAL VOC 2012 + SBD augmented set (10,582 images), the paper's protocol (BCN_SPEC §5):
-# random scale 0.5-2.0, crop 513, flip; single-scale test at the original size, no flip.
+# PASCAL VOC 2012 + SBD augmented set (10,582 images) as the paper trains on it (BCN_SPEC §5;
+# sources: configs/README.md): flip, log-uniform rescale 0.5-2.0 of the image's own size,
+# random 513 crop (padding: the model's data_preprocessor); single-scale test, no flip.
 _base_ = ['mmseg::_base_/datasets/pascal_voc12_aug.py']
 data_root = 'data/VOCdevkit/VOC2012'  # or $VOC_ROOT / --data-root with tools/train_seg.py
 crop_size = (513, 513)
 train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations'),
-    dict(type='RandomResize', scale=(2048, 512), ratio_range=(0.5, 2.0), keep_ratio=True),
-    dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
     dict(type='RandomFlip', prob=0.5),
-    dict(type='PhotoMetricDistortion'),
-    dict(type='Pad', size=crop_size),
+    dict(type='RandomRescale', ratio_range=(0.5, 2.0)),
+    dict(type='RandomCrop', crop_size=crop_size),
     dict(type='PackSegInputs'),
 ]
 test_pipeline = [
