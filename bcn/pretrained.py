@@ -8,7 +8,7 @@ Files are read with ``weights_only=True``: tensors and plain containers only.
 import hashlib
 import re
 from collections import OrderedDict
-from typing import Dict, Mapping, Optional
+from typing import Dict, List, Mapping, Optional
 
 import torch
 
@@ -21,6 +21,7 @@ PUBLISHED_FILES = {
     "rn101-bcn-ws.pth.tar": "ResNet-101, BCN+WS, the file used for segmentation",
 }
 _BATCH_PART = re.compile(r"^((?:layer\d+\.\d+\.)?(?:bn\d|downsample\.1))\.bn\.")
+_ESTIMATE_RATE = "estbn_moving_speed"
 _EXPECTED = ("a torchvision-style ResNet/ResNeXt state dict with BCN: conv1.weight, "
              "bn1.weight of shape (1, G, 1), bn1.pbn.{weight,bias,running_mean,running_var}, "
              "layer1..4 (optionally under 'state_dict', keys optionally prefixed 'module.', the "
@@ -31,8 +32,10 @@ class CheckpointError(ValueError):
     pass
 
 
-def read_published(path: str, sha256: Optional[str] = None) -> "OrderedDict[str, torch.Tensor]":
-    """Load a published BCN+WS checkpoint (any of its variants) in canonical form."""
+def read_published(path: str, sha256: Optional[str] = None,
+                   notes: Optional[List[str]] = None) -> "OrderedDict[str, torch.Tensor]":
+    """Load a published BCN+WS checkpoint (any of its variants) in canonical form; what was
+    left out is appended to ``notes`` (see canonicalize)."""
     if sha256 is not None:
         with open(path, "rb") as f:
             digest = hashlib.sha256(f.read()).hexdigest()
@@ -44,7 +47,7 @@ def read_published(path: str, sha256: Optional[str] = None) -> "OrderedDict[str,
         raise CheckpointError(f"{path}: cannot be read as a weights-only torch checkpoint "
                               f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
     try:
-        return canonicalize(obj)
+        return canonicalize(obj, notes)
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None
 
@@ -65,23 +68,36 @@ def check_readable(path: str) -> None:
                               "checkpoint (edit last_checkpoint) or re-download it")
 
 
-def canonicalize(obj) -> "OrderedDict[str, torch.Tensor]":
-    """Any published variant -> canonical names (see module doc). Raises CheckpointError."""
+def canonicalize(obj, notes: Optional[List[str]] = None) -> "OrderedDict[str, torch.Tensor]":
+    """Any published variant -> canonical names (see module doc). Raises CheckpointError.
+
+    Dropped, and said in ``notes`` when given: the ImageNet classifier, and the
+    ``estbn_moving_speed`` buffer that the authors' README layer (``EstBN``) saves in every
+    layer -- its update rate, not a weight: here the rate follows the learning rate."""
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"unknown layout: expected {_EXPECTED}")
-    state = OrderedDict()
+    state, dropped = OrderedDict(), {"fc": 0, "rate": 0}
     for key, value in obj.items():
         key = key[len("module."):] if key.startswith("module.") else key
         if key.startswith("fc."):
-            continue  # the ImageNet classifier
-        state[_BATCH_PART.sub(r"\1.pbn.", key)] = value
+            dropped["fc"] += 1
+        elif key.endswith("." + _ESTIMATE_RATE):
+            dropped["rate"] += 1
+        else:
+            state[_BATCH_PART.sub(r"\1.pbn.", key)] = value
     stem = state.get("bn1.weight")
     if ("conv1.weight" not in state or stem is None or stem.dim() != 3 or stem.shape[0] != 1
             or "bn1.pbn.running_mean" not in state or not any(k.startswith("layer1.") for k in state)):
         sample = ", ".join(list(state)[:6])
         raise CheckpointError(f"unknown layout: expected {_EXPECTED}; got keys like {sample}")
+    if notes is not None:
+        if dropped["fc"]:
+            notes.append(f"left out the ImageNet classifier (fc.*, {dropped['fc']} tensors)")
+        if dropped["rate"]:
+            notes.append(f"left out {dropped['rate']} '{_ESTIMATE_RATE}' buffers (the authors' EstBN "
+                         "update rate, not a weight; BCN's estimate rate follows the learning rate)")
     return state
 
 

@@ -52,14 +52,16 @@ class BCNCheckpointer(DetectionCheckpointer):
                 obj = torch.load(filename, map_location="cpu", weights_only=True)
             except Exception:
                 return super()._load_file(filename)  # detectron2's own loading reports it
+            notes = []
             try:
-                state = canonicalize(obj)
+                state = canonicalize(obj, notes)
             except CheckpointError:  # a native checkpoint: what detectron2 does, without re-reading
                 return obj if isinstance(obj, dict) and "model" in obj else {"model": obj}
             prefix, resnet = find_resnet(self.model)
             mapped = canonical_to_detectron2(state)
             match_state_dict(mapped, resnet.state_dict(), what=f"{filename} (BCN+WS ImageNet)")
-            self.logger.info(f"Read a published BCN+WS backbone from {filename}")
+            self.logger.info(f"Read a published BCN+WS backbone from {filename}"
+                             + "".join(f"; {note}" for note in notes))
             model = {prefix + k: v for k, v in mapped.items()}
             return {"model": model, "__author__": "bcn_published", "matching_heuristics": False}
         return super()._load_file(filename)

@@ -23,10 +23,12 @@ class BCNPretrainedInit(BaseInit):
         self.checkpoint, self.sha256 = checkpoint, sha256
 
     def __call__(self, module):
-        state = read_published(self.checkpoint, self.sha256)
+        notes = []
+        state = read_published(self.checkpoint, self.sha256, notes)
         match_state_dict(state, module.state_dict(), what=f"{self.checkpoint} (BCN+WS ImageNet)")
         module.load_state_dict(state, strict=False)  # num_batches_tracked of frozen layers aside
-        print_log(f"loaded the published BCN+WS backbone {self.checkpoint}", logger="current")
+        print_log(f"loaded the published BCN+WS backbone {self.checkpoint}"
+                  + "".join(f"; {note}" for note in notes), logger="current")
         if hasattr(module, "_params_init_info"):
             update_init_info(module, init_info=self._get_init_info())
 

@@ -117,6 +117,17 @@ def test_converted_files_load_through_each_frameworks_own_loader(published, tmp_
         assert_same_stages(seg(x), expected)
 
 
+def test_the_readme_layers_rate_buffers_are_left_out_and_reported(published, tmp_path):
+    arch, files, x, expected = published
+    notes = []
+    state = read_published(str(files["estbn"]), notes=notes)
+    assert not any("estbn_moving_speed" in k for k in state)
+    assert any("left out 53 'estbn_moving_speed' buffers" in n for n in notes), notes
+    result = subprocess.run([sys.executable, "tools/convert_pretrained.py", str(files["estbn"]),
+                             "--to", "mmseg", str(tmp_path / "seg.pth")], check=True, capture_output=True, text=True)
+    assert "left out 53 'estbn_moving_speed' buffers" in result.stdout
+
+
 def test_bad_checkpoints_fail_naming_the_problem(published, tmp_path):
     from bcn_det.checkpoint import BCNCheckpointer
 

@@ -25,7 +25,8 @@ def main(argv=None):
     parser.add_argument("output")
     parser.add_argument("--sha256", help="refuse the source unless it has this sha256")
     args = parser.parse_args(argv)
-    state = read_published(args.source, args.sha256)
+    notes = []
+    state = read_published(args.source, args.sha256, notes)
     spec = resnet_spec(state)
     if args.to == "detectron2":
         from bcn_det.checkpoint import canonical_to_detectron2
@@ -36,7 +37,8 @@ def main(argv=None):
                          "matching_heuristics": True}, f)
     else:
         torch.save({"state_dict": state, "meta": {"source": args.source, **spec}}, args.output)
-    print(f"{args.source} -> {args.output} ({args.to}): {len(state)} tensors, {spec}")
+    print(f"{args.source} -> {args.output} ({args.to}): {len(state)} tensors, {spec}"
+          + "".join(f"; {note}" for note in notes))
 
 
 if __name__ == "__main__":
