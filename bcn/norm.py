@@ -9,18 +9,18 @@ per-group affine) that owns its step 1 as ``pbn``, an nn.BatchNorm2d. Each frame
 treats both parts as it treats GN and BN, with no BCN-specific code in any adapter, and the
 state-dict names are the published ones (``weight``, ``bias``, ``pbn.*``).
 """
+import functools
 import warnings
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from . import dispatch, fused
 from . import functional as BF
-from . import fused, kernels
 
 MODES = ("batch", "estimate")
 AFFINES = ("group", "channel")
-IMPLS = ("fused", "reference")
 
 
 class EstimateRateNotSetWarning(UserWarning):
@@ -90,23 +90,20 @@ class BatchChannelNorm2d(nn.GroupNorm):
             or "channel" -- one per channel, shape (C,).
         sync_batch: in batch mode, synchronize step 1's statistics across processes
             (nn.SyncBatchNorm), as the published segmentation models were trained.
-        impl: "fused" (default) -- both steps in two passes over the map, forward and
-            backward (bcn.fused on the C++ kernels of bcn.kernels), about GroupNorm's time on
-            CPU; or "reference" -- pbn's forward, then F.group_norm, ~2.5x GroupNorm's time.
-            Same numerics (tests). "fused" runs the reference path wherever the kernels don't
-            apply: GPU tensors, dtypes other than float32/float64, kernels that could not be
-            built, SyncBatchNorm, momentum=None.
+        impl: "auto" (default) -- each device's kernels where they apply: both steps in
+            two passes over the map, forward and backward, GroupNorm's memory traffic (the C++
+            kernels on the CPU, Triton on CUDA); "cpu", "triton" or "reference" (pbn's forward,
+            then F.group_norm) to force one. Same numerics (tests); bcn.dispatch has the table
+            of what runs where.
     """
 
     _abbr_ = "bn"  # mmcv layer names (bn1, bn2, ...) then equal torchvision's and the checkpoints'
 
     def __init__(self, num_channels: int, num_groups: int = 32, eps: float = 1e-5,
                  momentum: float = 0.1, mode: str = "batch", affine: str = "group",
-                 sync_batch: bool = False, impl: str = "fused"):
+                 sync_batch: bool = False, impl: str = "auto"):
         check_bcn_args(num_channels, num_groups, mode, affine)
-        if impl not in IMPLS:
-            raise ValueError(f"unknown BCN impl {impl!r}; choose one of {IMPLS}")
-        self.impl = impl
+        self.impl = dispatch.requested(impl)
         if sync_batch and mode != "batch":
             raise ValueError("BCN: sync_batch=True needs mode='batch'; estimate mode keeps its "
                              "estimates per process, as in the paper")
@@ -144,11 +141,19 @@ class BatchChannelNorm2d(nn.GroupNorm):
         if x.shape[0] == 0 and not (isinstance(pbn, nn.SyncBatchNorm) and pbn.training):
             # (a synchronized batch part must still join its collective: SyncBatchNorm does)
             return self._no_values(x)
+        params = (pbn._parameters["weight"], pbn._parameters["bias"],
+                  self._parameters["weight"], self._parameters["bias"])
+        impl = dispatch.implementation(self.impl, x, pbn, params[2].dtype)
+        if impl == "triton":  # any float dtype as it comes, statistics float32 or wider
+            y = self._triton(x, pbn, params)
+            if y is not None:
+                return y
+            impl = "reference"
         if not torch.is_autocast_enabled(x.device.type):
-            return self._normalize(x, pbn)
+            return self._normalize(x, pbn, params, impl)
         # Statistics in float32 under mixed precision; the result goes back to the input dtype.
         with torch.autocast(x.device.type, enabled=False):
-            return self._normalize(x.float(), pbn).to(x.dtype)
+            return self._normalize(x.float(), pbn, params, impl).to(x.dtype)
 
     def _no_values(self, x: torch.Tensor) -> torch.Tensor:
         """An empty batch (a detection head given no boxes: N = 0) has no statistics: the running
@@ -158,36 +163,58 @@ class BatchChannelNorm2d(nn.GroupNorm):
         y = F.batch_norm(x, pbn.running_mean, pbn.running_var, pbn.weight, pbn.bias, False, 0.0, pbn.eps)
         return BF.group_normalize(y, self.num_groups, self.weight, self.bias, self.eps)
 
-    def _normalize(self, x: torch.Tensor, pbn: nn.Module) -> torch.Tensor:
-        weight, bias = self._parameters["weight"], self._parameters["bias"]  # (dicts: see forward)
-        if self._fused_applies(x, pbn, weight):
-            return self._fused(x, pbn, (pbn._parameters["weight"], pbn._parameters["bias"], weight, bias))
-        return BF.group_normalize(self._batch_part(x), self.num_groups, weight, bias, self.eps)
+    def _normalize(self, x: torch.Tensor, pbn: nn.Module, params, impl: str) -> torch.Tensor:
+        if impl == "cpu":
+            return self._cpu_kernels(x, pbn, params)
+        return BF.group_normalize(self._batch_part(x), self.num_groups, params[2], params[3], self.eps)
 
-    def _fused_applies(self, x: torch.Tensor, pbn: nn.Module, weight: torch.Tensor) -> bool:
-        return (self.impl == "fused" and type(pbn) in (nn.BatchNorm2d, EstimateBatchNorm2d)
-                and pbn.momentum is not None and x.dtype == weight.dtype and kernels.serves(x))
+    def _step1(self, pbn: nn.Module):
+        """(mode, update, rate) of step 1 in the kernels: "fixed" statistics in eval (or when a
+        framework's norm_eval put only the batch part in eval), else the layer's mode."""
+        if not pbn.training:
+            return "fixed", False, None
+        if type(pbn) is EstimateBatchNorm2d:
+            if not pbn.rate_is_set:
+                _warn_rate_not_set(pbn)
+            return "estimate", True, pbn._buffers["rate"]
+        return "batch", True, None
 
-    def _fused(self, x: torch.Tensor, pbn: nn.Module, params) -> torch.Tensor:
-        """Both steps in the kernels of bcn.fused, which also update the running state as the
-        reference path does -- BatchNorm's momentum and unbiased variance in batch mode,
+    def _triton(self, x: torch.Tensor, pbn: nn.Module, params):
+        """Both steps in the Triton kernels, which update the running state as the reference
+        path does (guarded against non-finite batches), on the device, without synchronizing.
+        None if they failed: the caller runs the reference path (nothing was updated)."""
+        from . import triton_norm
+
+        buffers = pbn._buffers
+        state = (buffers["running_mean"], buffers["running_var"], buffers["num_batches_tracked"],
+                 self._buffers["skipped_updates"])
+        mode, update, rate = self._step1(pbn)
+        scalars = _device_scalars(x.device, pbn.eps, pbn.momentum, self.eps)
+        try:
+            return triton_norm.batch_channel_norm(x, self.num_groups, *params, mode, update, state,
+                                                  scalars if rate is None else rate, scalars)
+        except Exception as error:
+            dispatch.triton_failed(x.device, x.dtype, "forward", error)
+            return None
+
+    def _cpu_kernels(self, x: torch.Tensor, pbn: nn.Module, params) -> torch.Tensor:
+        """Both steps in the C++ kernels of bcn.fused, which also update the running state as
+        the reference path does -- BatchNorm's momentum and unbiased variance in batch mode,
         Algorithm 1 in estimate mode -- guarded against non-finite batches the same way.
         params: (pbn.weight, pbn.bias, weight, bias)."""
         buffers = pbn._buffers
         state = (buffers["running_mean"], buffers["running_var"], buffers["num_batches_tracked"],
                  self._buffers["skipped_updates"])
-        if not pbn.training:  # eval, or a framework's norm_eval put only the BN part in eval
+        mode, update, rate = self._step1(pbn)
+        if mode == "fixed":
             if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
-                # fixed statistics are estimates moved at rate 0: constants to autograd
+                # the training kernel with its estimates moved at rate 0: constants to autograd
                 return fused.batch_channel_norm_training(x, self.num_groups, *params, self.eps, True,
                                                          state, 0.0, update=False)
             return fused.batch_channel_norm_inference(x, self.num_groups, *params, self.eps, *state[:2])
-        estimate = type(pbn) is EstimateBatchNorm2d
-        if estimate and not pbn.rate_is_set:
-            _warn_rate_not_set(pbn)
-        rate = float(buffers["rate"]) if estimate else pbn.momentum
-        return fused.batch_channel_norm_training(x, self.num_groups, *params, self.eps, estimate,
-                                                 state, rate)
+        rate = float(rate) if mode == "estimate" else pbn.momentum
+        return fused.batch_channel_norm_training(x, self.num_groups, *params, self.eps,
+                                                 mode == "estimate", state, rate)
 
     def _batch_part(self, x: torch.Tensor) -> torch.Tensor:
         """Step 1, with its running state protected: a batch with NaN/inf statistics leaves
@@ -250,10 +277,11 @@ class FrozenBatchChannelNorm2d(nn.Module):
     _abbr_ = "bn"
 
     def __init__(self, num_channels: int, num_groups: int = 32, eps: float = 1e-5,
-                 affine: str = "group"):
+                 affine: str = "group", impl: str = "auto"):
         super().__init__()
         check_bcn_args(num_channels, num_groups, "batch", affine)
         self.num_channels, self.num_groups, self.eps = num_channels, num_groups, eps
+        self.impl = dispatch.requested(impl)
         shape = (1, num_groups, 1) if affine == "group" else (num_channels,)
         self.register_buffer("weight", torch.ones(shape))
         self.register_buffer("bias", torch.zeros(shape))
@@ -262,7 +290,7 @@ class FrozenBatchChannelNorm2d(nn.Module):
     @classmethod
     def from_bcn(cls, bcn: BatchChannelNorm2d) -> "FrozenBatchChannelNorm2d":
         affine = "group" if bcn.weight.numel() == bcn.num_groups else "channel"
-        frozen = cls(bcn.num_channels, bcn.num_groups, bcn.eps, affine)
+        frozen = cls(bcn.num_channels, bcn.num_groups, bcn.eps, affine, bcn.impl)
         frozen.load_state_dict(bcn.state_dict())
         return frozen.to(bcn.weight.device)
 
@@ -271,13 +299,31 @@ class FrozenBatchChannelNorm2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pbn = self.pbn
-        if (x.shape[0] > 0 and kernels.serves(x) and x.dtype == self.weight.dtype
-                and not (torch.is_grad_enabled() and x.requires_grad)):
+        impl = dispatch.implementation(self.impl, x, pbn, self.weight.dtype) if x.shape[0] > 0 else "reference"
+        if impl == "triton":
+            from . import triton_norm
+
+            state = (pbn.running_mean, pbn.running_var, pbn.running_mean, pbn.running_mean)  # not updated
+            scalars = _device_scalars(x.device, pbn.eps, 0.0, self.eps)
+            try:
+                return triton_norm.batch_channel_norm(x, self.num_groups, pbn.weight, pbn.bias,
+                                                      self.weight, self.bias, "fixed", False,
+                                                      state, scalars, scalars)
+            except Exception as error:
+                dispatch.triton_failed(x.device, x.dtype, "forward", error)
+        elif impl == "cpu" and x.dtype == self.weight.dtype and not (torch.is_grad_enabled() and x.requires_grad):
             # Frozen stages (detectron2's FREEZE_AT) see no gradient: the inference kernel.
             return fused.batch_channel_norm_inference(x, self.num_groups, pbn.weight, pbn.bias,
                                                       self.weight, self.bias, self.eps,
                                                       pbn.running_mean, pbn.running_var)
         return BF.group_normalize(pbn(x), self.num_groups, self.weight, self.bias, self.eps)
+
+
+@functools.lru_cache(maxsize=64)
+def _device_scalars(device: torch.device, bn_eps: float, momentum: float, gn_eps: float) -> torch.Tensor:
+    """(bn_eps, momentum, gn_eps) as a float64 tensor on the device, made once: a Python float
+    passed to a Triton kernel would become float32, and a tensor made per call a copy."""
+    return torch.tensor([bn_eps, momentum or 0.0, gn_eps], dtype=torch.float64, device=device)
 
 
 def check_bcn_args(num_channels: int, num_groups: int, mode: str, affine: str) -> None:

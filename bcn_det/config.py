@@ -18,9 +18,9 @@ def add_bcn_config(cfg: CN) -> CN:
     # BatchNorm momentum of batch mode; in estimate mode only the fallback rate used (with a
     # warning) when no hook sets the rate.
     cfg.MODEL.BCN.MOMENTUM = 0.1
-    # "fused": BCN's C++ CPU kernels (about GroupNorm's time), the reference path where they
-    # don't apply (GPU tensors, no compiler); "reference": always the plain composition.
-    cfg.MODEL.BCN.IMPL = "fused"
+    # "auto": each device's kernels where they apply (C++ on the CPU, Triton on CUDA), the
+    # reference path elsewhere; "cpu", "triton" or "reference" to force one (bcn.dispatch).
+    cfg.MODEL.BCN.IMPL = "auto"
 
     # Weight Standardization for the convolutions followed by a norm layer, per module.
     cfg.MODEL.RESNETS.WS = False

@@ -1,7 +1,11 @@
 import os
 
-import pytest
-import torch
+# Triton runs its kernels on CPU tensors in its interpreter (read when a kernel is defined, so
+# before bcn.triton_kernels is imported): how the suite tests BCN's GPU kernels without a GPU.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 
 @pytest.fixture

@@ -1,7 +1,9 @@
 import pytest
 
 
-@pytest.fixture(params=["fused", "reference"])
+@pytest.fixture(params=["cpu", "triton", "reference"])
 def impl(request):
-    """Both implementations of BatchChannelNorm2d are held to the float64 reference."""
+    """Every implementation of BatchChannelNorm2d is held to the float64 reference: the C++ CPU
+    kernels, the Triton kernels (on CPU tensors: TRITON_INTERPRET=1, tests/conftest.py) and the
+    reference composition."""
     return request.param

@@ -92,7 +92,7 @@ def test_both_training_schedules_are_covered(ops):
 @pytest.mark.parametrize("affine", bcn.AFFINES)
 def test_large_maps_against_the_reference(ops, fresh_seed, n, c, h, w, g, mode, affine):
     """Many blocks per plane and many groups, forward and every gradient, in float32."""
-    layer = random_bcn(c, g, mode, affine, impl="fused").train()
+    layer = random_bcn(c, g, mode, affine, impl="cpu").train()
     bcn.set_estimate_rate(layer, 0.3)
     x = random_input(n, c, h, w).requires_grad_(True)
     old = layer.pbn.running_mean.double().clone(), layer.pbn.running_var.double().clone()
@@ -118,7 +118,7 @@ def test_large_maps_against_the_reference(ops, fresh_seed, n, c, h, w, g, mode, 
 @pytest.mark.parametrize("shape,groups", [((2, 64, 67, 61), 32), ((1, 96, 5, 3), 4)])
 @pytest.mark.parametrize("affine", bcn.AFFINES)
 def test_inference_kernel_against_the_reference(ops, fresh_seed, shape, groups, affine):
-    layer = random_bcn(shape[1], groups, "batch", affine, impl="fused").eval()
+    layer = random_bcn(shape[1], groups, "batch", affine, impl="cpu").eval()
     x = random_input(*shape)
     with torch.no_grad():
         y = layer(x)
@@ -133,7 +133,7 @@ def test_inference_kernel_against_the_reference(ops, fresh_seed, shape, groups, 
 def test_results_do_not_depend_on_the_thread_count(ops, fresh_seed, shape, memory_order):
     x, g = torch.randn(shape), torch.randn(shape)
     assert ops.runs_in_memory_order(x, 32) == memory_order
-    layer = random_bcn(64, 32, "batch", impl="fused")
+    layer = random_bcn(64, 32, "batch", impl="cpu")
     weight, weight_grad = torch.randn(256, 64, 3, 3), torch.randn(256, 64, 3, 3)
     threads = torch.get_num_threads()
     outputs = []
@@ -222,7 +222,7 @@ def test_weight_standardization_kernel_takes_any_layout_and_refuses_double_backw
 
 
 def test_fused_bcn_refuses_double_backward_with_a_way_out(ops):
-    layer = random_bcn(8, 4, "batch", impl="fused").train()
+    layer = random_bcn(8, 4, "batch", impl="cpu").train()
     y = layer(torch.randn(2, 8, 3, 3, requires_grad=True))
     with pytest.raises(RuntimeError, match="impl='reference'"):
         torch.autograd.grad((y ** 2).sum(), layer.weight, create_graph=True)
@@ -230,7 +230,7 @@ def test_fused_bcn_refuses_double_backward_with_a_way_out(ops):
 
 def test_the_profiler_names_each_kernel(ops, fresh_seed):
     """A user profiling a model sees where BCN's and WS's time goes, not unattributed time."""
-    model = torch.nn.Sequential(bcn.WSConv2d(8, 64, 3), random_bcn(64, 32, "estimate", impl="fused"))
+    model = torch.nn.Sequential(bcn.WSConv2d(8, 64, 3), random_bcn(64, 32, "estimate", impl="cpu"))
     bcn.set_estimate_rate(model, 0.01)
     x = torch.randn(2, 8, 5, 5)
     with torch.profiler.profile() as prof:
@@ -247,7 +247,7 @@ def test_the_profiler_names_each_kernel(ops, fresh_seed):
 def test_a_traced_model_records_the_reference_ops(ops, fresh_seed):
     """torch.jit.trace (and ONNX export through it) cannot see inside the extension: an
     unfolded BCN+WS model traces through the reference ops and the trace generalizes."""
-    model = torch.nn.Sequential(bcn.WSConv2d(8, 64, 3, padding=1), random_bcn(64, 32, "batch", impl="fused"))
+    model = torch.nn.Sequential(bcn.WSConv2d(8, 64, 3, padding=1), random_bcn(64, 32, "batch", impl="cpu"))
     model.eval()
     with torch.no_grad():
         traced = torch.jit.trace(model, torch.randn(2, 8, 5, 5), check_trace=False)
@@ -261,7 +261,7 @@ FALLBACK = textwrap.dedent("""
     torch.manual_seed(0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        fast = bcn.BatchChannelNorm2d(64, 32, impl="fused")
+        fast = bcn.BatchChannelNorm2d(64, 32, impl="cpu")
         slow = bcn.BatchChannelNorm2d(64, 32, impl="reference")
         x = torch.randn(2, 64, 6, 5)
         assert torch.equal(fast(x), slow(x)), "the fused impl did not fall back to the reference"

@@ -1,0 +1,120 @@
+"""Which implementation runs a BCN call. The whole decision is ``implementation`` below.
+
+``impl`` (BatchChannelNorm2d's argument, ``MODEL.BCN.IMPL``, ``norm_cfg=dict(impl=...)``) is
+what a user may ask for, fixed at construction:
+
+    "auto"       (default) the C++ kernels on the CPU, Triton on CUDA, the reference elsewhere
+    "cpu"        the C++ CPU kernels (bcn/csrc, bcn.fused) where they apply, else the reference
+    "triton"     the Triton kernels (bcn.triton_kernels) where they apply -- on CUDA, and on
+                 CPU tensors under TRITON_INTERPRET=1 (how the tests run them) -- else reference
+    "reference"  the composition: the batch part's own forward, then F.group_norm and the
+                 group affine (bcn.functional); every other path is tested against it
+    "fused"      deprecated name of "auto"
+
+Per call, the first row that matches decides (dtype: under CPU autocast, float32, since the
+statistics are taken in float32 and the CPU path converts the map):
+
+    | condition                                                        | runs      |
+    |------------------------------------------------------------------|-----------|
+    | a graph is being recorded (torch.jit.trace, ONNX export,         | reference |
+    |   torch.compile): a kernel call is opaque to them                |           |
+    | impl "reference"; or the batch part is SyncBatchNorm, or         | reference |
+    |   BatchNorm with momentum=None (cumulative averages)             |           |
+    | CPU tensor, impl "auto"/"cpu", float32/float64, the parameters   | cpu       |
+    |   in the map's dtype, the C++ kernels built                      |           |
+    | CUDA tensor with impl "auto"/"triton", or a CPU tensor with      | triton    |
+    |   impl "triton" under TRITON_INTERPRET=1; float32/float16/       |           |
+    |   bfloat16/float64; Triton importable; the first-use check on    |           |
+    |   this (device, dtype) passed                                    |           |
+    | otherwise                                                        | reference |
+
+On the Triton path the map keeps its dtype under autocast (no float32 copy); the statistics
+are float32 or wider. Eval, and a batch part that a framework's ``norm_eval`` put in eval,
+take step 1 from the running state ("fixed"), with gradients when autograd asks for them.
+The frozen variant follows the same table with the statistics fixed. Weight standardization
+runs the C++ kernel on the CPU and the reference elsewhere (bcn.conv.standardized): a layer's
+weights are small next to its activations.
+
+First use of Triton per (device, dtype) runs ``bcn.triton_norm.self_check``; a compile or
+launch error, or a mismatch, then or later, warns once (``KernelUnavailableWarning``) and the
+layers run the reference path on that device and dtype from then on.
+"""
+import os
+import warnings
+
+import torch
+
+from . import kernels
+
+IMPLS = ("auto", "cpu", "triton", "reference")
+_DEPRECATED = {"fused": "auto"}
+_TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+_triton_status = {}  # (device, dtype) -> True / False, after the first-use check
+
+
+def requested(impl: str) -> str:
+    """The user's ``impl``, validated; "fused" maps to "auto" with a DeprecationWarning."""
+    if impl in _DEPRECATED:
+        warnings.warn(f"BCN impl={impl!r} is deprecated; use impl={_DEPRECATED[impl]!r} (same "
+                      "behaviour: each device's kernels where they apply)", DeprecationWarning,
+                      stacklevel=3)
+        return _DEPRECATED[impl]
+    if impl not in IMPLS:
+        raise ValueError(f"unknown BCN impl {impl!r}; choose one of {IMPLS}")
+    return impl
+
+
+def implementation(impl: str, x: torch.Tensor, batch_part: torch.nn.Module,
+                   param_dtype: torch.dtype) -> str:
+    """"cpu", "triton" or "reference" for this call (the module docstring's table)."""
+    if torch.jit.is_tracing() or torch.compiler.is_compiling() or impl == "reference":
+        return "reference"
+    if isinstance(batch_part, torch.nn.SyncBatchNorm) or getattr(batch_part, "momentum", 0.1) is None:
+        return "reference"
+    device = x.device.type
+    dtype = torch.float32 if device == "cpu" and torch.is_autocast_enabled("cpu") else x.dtype
+    if device == "cpu" and impl in ("auto", "cpu"):
+        if dtype in kernels.DTYPES and param_dtype == dtype and kernels.plane_ops() is not None:
+            return "cpu"
+        return "reference"
+    if (impl == "triton" or (impl == "auto" and device == "cuda")) and dtype in _TRITON_DTYPES:
+        if (device == "cuda" or (device == "cpu" and triton_interpreted())) and triton_ready(x.device, x.dtype):
+            return "triton"
+    return "reference"
+
+
+def triton_interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def triton_ready(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether Triton runs here: importable, and its first-use check on (device, dtype) passed."""
+    key = (str(device), dtype)
+    if key not in _triton_status:
+        try:
+            from . import triton_norm
+
+            problem = triton_norm.self_check(device, dtype)
+        except Exception as error:  # no triton, no compiler for the device, a launch failure...
+            problem = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:300] if str(error).strip() else ''}"
+        _triton_status[key] = not problem
+        if problem:
+            _warn(device, dtype, "its first-use check", problem)
+    return _triton_status[key]
+
+
+def triton_failed(device: torch.device, dtype: torch.dtype, where: str, error: Exception) -> None:
+    """A Triton call failed after the check (a tile variant that does not compile, say): warn
+    once, and the reference path runs on (device, dtype) from now on."""
+    key = (str(device), dtype)
+    if _triton_status.get(key, True):
+        _warn(device, dtype, where, f"{type(error).__name__}: {str(error).strip()[:300]}")
+    _triton_status[key] = False
+
+
+def _warn(device, dtype, where, problem) -> None:
+    warnings.warn(
+        f"BCN's Triton kernels failed {where} on {device} {dtype} ({problem}). BCN runs its "
+        "reference path there from now on: same results, slower. Please report it on this "
+        "project's issue tracker with the report `python tools/gpu_check.py` writes.",
+        kernels.KernelUnavailableWarning, stacklevel=4)

@@ -1,0 +1,437 @@
+"""BCN's GPU kernels (Triton): training forward and backward, both modes, and eval.
+
+The math is bcn.fused's (and the CPU kernels'): everything follows from the per-(sample,
+channel) plane moments m[n,c], v[n,c] of x, so the layer is y = A[n,c] (x - m~[n,c]) + K[n,c]
+and, in backward, dx = k_dy dy + k_x (x - m~) + k_0 with per-plane coefficients. Each
+direction is two passes over the map -- GroupNorm's traffic -- around small kernels that
+solve the coefficients in float64:
+
+    forward   plane_moments (read x)  ->  channel_stats  ->  group_coefficients
+              [-> commit_running_state]  ->  apply (read x, write y)
+    backward  plane_gradient_sums (read x, dy)  ->  group_gradients  ->  channel_gradients
+              ->  apply (read x, dy, write dx)
+
+Step 1's statistics come from the batch (mode BATCH, Eq. 16), from the estimates moved at the
+learning rate (ESTIMATE, Algorithm 1) or from the running state as it is (FIXED: eval, or a
+frozen batch part). The running state is updated by the kernels themselves: the new values
+are committed only when every channel's are finite (else ``skipped_updates`` counts the
+batch), decided on the device -- no host synchronization.
+
+Precision: a plane's moments are taken per tile in float32 around the tile's mean and merged
+in float64 (Chan et al.); sums of dy and dy (x - m~) the same way. The small per-plane,
+per-channel and per-group algebra is float64. Outputs are written around the plane's float32
+mean m~, so maps far from zero keep their precision. x, y, dy and dx are float32, float16 or
+bfloat16 (statistics always float32 or wider); NCHW or channels_last.
+
+Sizes are runtime arguments (``do_not_specialize``): detection changes H x W every image, and
+only the tile widths (powers of two, from the plane length) select a compiled variant. Grids
+are 1-D with int64 offsets (CUDA's grid y/z stop at 65,535).
+"""
+import torch
+import triton
+import triton.language as tl
+
+BATCH, ESTIMATE, FIXED = 0, 1, 2
+_TILE = 4096          # elements per program per step of the plane passes
+_MAX_PLANE_TILE = 2048
+
+
+@triton.jit
+def _finite(v):
+    return (v - v) == 0  # NaN and +-inf give NaN
+
+
+@triton.jit
+def _plane_block(P, C, stride_n, stride_c, BLOCK_P: tl.constexpr):
+    """This program's BLOCK_P planes p = n * C + c: (p, which are real, their first element)."""
+    planes = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    planes64 = planes.to(tl.int64)
+    return planes, planes < P, (planes64 // C) * stride_n + (planes64 % C) * stride_c
+
+
+@triton.jit
+def _group_block(C, G, D, BLOCK_D: tl.constexpr):
+    """This program's (sample, group): (its index n * G + g, g, its channels, which are real,
+    their planes)."""
+    pid = tl.program_id(0)
+    g = pid % G
+    cs = g * D + tl.arange(0, BLOCK_D)
+    return pid, g, cs, tl.arange(0, BLOCK_D) < D, (pid // G).to(tl.int64) * C + cs
+
+
+@triton.jit
+def _group_affine(w_ptr, cs, cmask, g, PER_CHANNEL: tl.constexpr):
+    """Step 2's gamma or beta for a group's channels: one per channel, or the group's own."""
+    if PER_CHANNEL:
+        return tl.load(w_ptr + cs, mask=cmask, other=0.0).to(tl.float64)
+    return tl.load(w_ptr + g).to(tl.float64)
+
+
+@triton.jit(do_not_specialize=["P", "C", "L", "stride_n"])
+def _plane_moments(x_ptr, mean_ptr, var_ptr, P, C, L, stride_n, stride_c, stride_l,
+                   BLOCK_P: tl.constexpr, BLOCK_L: tl.constexpr, COMPUTE: tl.constexpr):
+    """m[p], v[p] (float64, biased) of BLOCK_P planes p = n * C + c."""
+    planes, pmask, base = _plane_block(P, C, stride_n, stride_c, BLOCK_P)
+    count = tl.zeros([BLOCK_P], dtype=tl.float64)
+    mean = tl.zeros([BLOCK_P], dtype=tl.float64)
+    m2 = tl.zeros([BLOCK_P], dtype=tl.float64)
+    for start in range(0, L, BLOCK_L):
+        offs = start + tl.arange(0, BLOCK_L)
+        mask = pmask[:, None] & (offs < L)[None, :]
+        x = tl.load(x_ptr + base[:, None] + offs.to(tl.int64)[None, :] * stride_l, mask=mask,
+                    other=0.0).to(COMPUTE)
+        k = tl.minimum(L - start, BLOCK_L)
+        tile_mean = tl.sum(x, axis=1) / k
+        d = tl.where(mask, x - tile_mean[:, None], 0.0)
+        tile_m2 = tl.sum(d * d, axis=1).to(tl.float64)
+        kf = k.to(tl.float64)
+        delta = tile_mean.to(tl.float64) - mean
+        total = count + kf
+        mean += delta * (kf / total)
+        m2 += tile_m2 + delta * delta * (count * kf / total)
+        count = total
+    tl.store(mean_ptr + planes, mean, mask=pmask)
+    tl.store(var_ptr + planes, m2 / L, mask=pmask)
+
+
+@triton.jit(do_not_specialize=["N", "C", "L"])
+def _channel_stats(mean_ptr, var_ptr, N, C, L, bn_w_ptr, bn_b_ptr, run_mean_ptr, run_var_ptr,
+                   scalars_ptr, rate_ptr, a_ptr, b_ptr, mu_ptr, inv_ptr, new_mean_ptr,
+                   new_var_ptr, flag_ptr, MODE: tl.constexpr, UPDATE: tl.constexpr,
+                   BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Step 1 per channel: the statistics it normalizes with (mu, inv = 1/sqrt(var + eps)), its
+    affine a = gamma_b * inv, b = beta_b - a * mu, and the new running state (not committed)."""
+    pid = tl.program_id(0)
+    cs = pid * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cs < C
+    eps = tl.load(scalars_ptr)
+    run_mean = tl.load(run_mean_ptr + cs, mask=cmask, other=0.0).to(tl.float64)
+    run_var = tl.load(run_var_ptr + cs, mask=cmask, other=1.0).to(tl.float64)
+    if MODE == 2:
+        mu = run_mean
+        var = run_var
+    else:
+        total = tl.zeros([BLOCK_C], dtype=tl.float64)
+        for n0 in range(0, N, BLOCK_N):
+            ns = n0 + tl.arange(0, BLOCK_N)
+            mask = (ns < N)[:, None] & cmask[None, :]
+            idx = ns.to(tl.int64)[:, None] * C + cs[None, :]
+            total += tl.sum(tl.load(mean_ptr + idx, mask=mask, other=0.0), axis=0)
+        batch_mean = total / N
+        # BATCH: variance around the batch mean; ESTIMATE: around the OLD estimate (Alg. 1)
+        center = batch_mean if MODE == 0 else run_mean
+        spread = tl.zeros([BLOCK_C], dtype=tl.float64)
+        for n0 in range(0, N, BLOCK_N):
+            ns = n0 + tl.arange(0, BLOCK_N)
+            mask = (ns < N)[:, None] & cmask[None, :]
+            idx = ns.to(tl.int64)[:, None] * C + cs[None, :]
+            m = tl.load(mean_ptr + idx, mask=mask, other=0.0)
+            v = tl.load(var_ptr + idx, mask=mask, other=0.0)
+            d = tl.where(mask, m - center[None, :], 0.0)
+            spread += tl.sum(v + d * d, axis=0)
+        batch_var = spread / N
+        if MODE == 0:
+            momentum = tl.load(scalars_ptr + 1)
+            count = N.to(tl.float64) * L
+            new_mean = (1.0 - momentum) * run_mean + momentum * batch_mean
+            new_var = (1.0 - momentum) * run_var + momentum * batch_var * (count / (count - 1.0))
+            mu = batch_mean
+            var = batch_var
+        else:
+            rate = tl.load(rate_ptr).to(tl.float64)
+            new_mean = run_mean + rate * (batch_mean - run_mean)
+            new_var = run_var + rate * (batch_var - run_var)
+            mu = new_mean
+            var = new_var
+        if UPDATE:
+            tl.store(new_mean_ptr + cs, new_mean, mask=cmask)
+            tl.store(new_var_ptr + cs, new_var, mask=cmask)
+            bad = cmask & ~(_finite(new_mean) & _finite(new_var))
+            tl.store(flag_ptr + pid, tl.sum(bad.to(tl.int32), axis=0))
+    inv = 1.0 / tl.sqrt(var + eps)
+    a = tl.load(bn_w_ptr + cs, mask=cmask, other=1.0).to(tl.float64) * inv
+    b = tl.load(bn_b_ptr + cs, mask=cmask, other=0.0).to(tl.float64) - a * mu
+    tl.store(a_ptr + cs, a, mask=cmask)
+    tl.store(b_ptr + cs, b, mask=cmask)
+    tl.store(mu_ptr + cs, mu, mask=cmask)
+    tl.store(inv_ptr + cs, inv, mask=cmask)
+
+
+@triton.jit(do_not_specialize=["C"])
+def _commit_running_state(new_mean_ptr, new_var_ptr, flag_ptr, num_flags, run_mean_ptr,
+                          run_var_ptr, tracked_ptr, skipped_ptr, C,
+                          BLOCK_F: tl.constexpr, BLOCK_C: tl.constexpr):
+    """One program: the new running state replaces the old only if all of it is finite."""
+    fs = tl.arange(0, BLOCK_F)
+    bad = tl.sum(tl.load(flag_ptr + fs, mask=fs < num_flags, other=0), axis=0)
+    ok = bad == 0
+    for c0 in range(0, C, BLOCK_C):
+        cs = c0 + tl.arange(0, BLOCK_C)
+        cmask = cs < C
+        old_mean = tl.load(run_mean_ptr + cs, mask=cmask)
+        old_var = tl.load(run_var_ptr + cs, mask=cmask)
+        new_mean = tl.load(new_mean_ptr + cs, mask=cmask).to(old_mean.dtype)
+        new_var = tl.load(new_var_ptr + cs, mask=cmask).to(old_var.dtype)
+        tl.store(run_mean_ptr + cs, tl.where(ok, new_mean, old_mean), mask=cmask)
+        tl.store(run_var_ptr + cs, tl.where(ok, new_var, old_var), mask=cmask)
+    tl.store(tracked_ptr, tl.load(tracked_ptr) + ok.to(tl.int64))
+    tl.store(skipped_ptr, tl.load(skipped_ptr) + (1 - ok.to(tl.int64)))
+
+
+@triton.jit(do_not_specialize=["C", "G", "D"])
+def _group_coefficients(mean_ptr, var_ptr, a_ptr, b_ptr, gn_w_ptr, gn_b_ptr, scalars_ptr,
+                        coef_a_ptr, coef_m_ptr, coef_k_ptr, mu_g_ptr, rstd_g_ptr, C, G, D,
+                        PER_CHANNEL_AFFINE: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Step 2 for one (sample, group): after step 1 a plane has mean m1 = a m + b and variance
+    a^2 v; the group's mean mu and 1/std r follow, and y = A (x - m~) + K per plane."""
+    pid, g, cs, cmask, planes = _group_block(C, G, D, BLOCK_D)
+    m = tl.load(mean_ptr + planes, mask=cmask, other=0.0)
+    v = tl.load(var_ptr + planes, mask=cmask, other=0.0)
+    a = tl.load(a_ptr + cs, mask=cmask, other=0.0)
+    b = tl.load(b_ptr + cs, mask=cmask, other=0.0)
+    m1 = a * m + b
+    mu = tl.sum(tl.where(cmask, m1, 0.0), axis=0) / D
+    d = tl.where(cmask, m1 - mu, 0.0)
+    s2 = tl.sum(tl.where(cmask, a * a * v, 0.0) + d * d, axis=0) / D
+    rstd = 1.0 / tl.sqrt(s2 + tl.load(scalars_ptr + 2))
+    gamma = _group_affine(gn_w_ptr, cs, cmask, g, PER_CHANNEL_AFFINE)
+    beta = _group_affine(gn_b_ptr, cs, cmask, g, PER_CHANNEL_AFFINE)
+    coef = gamma * a * rstd
+    m_rounded = m.to(coef_m_ptr.dtype.element_ty)
+    const = coef * m_rounded.to(tl.float64) + gamma * (b - mu) * rstd + beta
+    tl.store(coef_a_ptr + planes, coef.to(coef_a_ptr.dtype.element_ty), mask=cmask)
+    tl.store(coef_m_ptr + planes, m_rounded, mask=cmask)
+    tl.store(coef_k_ptr + planes, const.to(coef_k_ptr.dtype.element_ty), mask=cmask)
+    tl.store(mu_g_ptr + pid, mu)
+    tl.store(rstd_g_ptr + pid, rstd)
+
+
+@triton.jit(do_not_specialize=["P", "C", "L", "stride_n"])
+def _apply(x_ptr, dy_ptr, out_ptr, c_x_ptr, c_m_ptr, c_0_ptr, c_dy_ptr, P, C, L, stride_n,
+           stride_c, stride_l, HAS_DY: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_L: tl.constexpr,
+           COMPUTE: tl.constexpr):
+    """out = c_x (x - m~) + c_0 [+ c_dy dy], per plane; forward (y) and backward (dx)."""
+    planes, pmask, base = _plane_block(P, C, stride_n, stride_c, BLOCK_P)
+    c_x = tl.load(c_x_ptr + planes, mask=pmask, other=0.0)[:, None]
+    c_m = tl.load(c_m_ptr + planes, mask=pmask, other=0.0)[:, None]
+    c_0 = tl.load(c_0_ptr + planes, mask=pmask, other=0.0)[:, None]
+    if HAS_DY:
+        c_dy = tl.load(c_dy_ptr + planes, mask=pmask, other=0.0)[:, None]
+    for start in range(0, L, BLOCK_L):
+        offs = start + tl.arange(0, BLOCK_L)
+        mask = pmask[:, None] & (offs < L)[None, :]
+        ptrs = base[:, None] + offs.to(tl.int64)[None, :] * stride_l
+        x = tl.load(x_ptr + ptrs, mask=mask, other=0.0).to(COMPUTE)
+        out = c_x * (x - c_m) + c_0
+        if HAS_DY:
+            out += c_dy * tl.load(dy_ptr + ptrs, mask=mask, other=0.0).to(COMPUTE)
+        tl.store(out_ptr + ptrs, out.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit(do_not_specialize=["P", "C", "L", "stride_n"])
+def _plane_gradient_sums(x_ptr, dy_ptr, c_m_ptr, s_ptr, t_ptr, P, C, L, stride_n, stride_c,
+                         stride_l, BLOCK_P: tl.constexpr, BLOCK_L: tl.constexpr,
+                         COMPUTE: tl.constexpr):
+    """S = sum dy and T = sum dy (x - m~) over each plane (float64)."""
+    planes, pmask, base = _plane_block(P, C, stride_n, stride_c, BLOCK_P)
+    c_m = tl.load(c_m_ptr + planes, mask=pmask, other=0.0)[:, None]
+    s = tl.zeros([BLOCK_P], dtype=tl.float64)
+    t = tl.zeros([BLOCK_P], dtype=tl.float64)
+    for start in range(0, L, BLOCK_L):
+        offs = start + tl.arange(0, BLOCK_L)
+        mask = pmask[:, None] & (offs < L)[None, :]
+        ptrs = base[:, None] + offs.to(tl.int64)[None, :] * stride_l
+        x = tl.load(x_ptr + ptrs, mask=mask, other=0.0).to(COMPUTE)
+        dy = tl.load(dy_ptr + ptrs, mask=mask, other=0.0).to(COMPUTE)
+        s += tl.sum(dy, axis=1).to(tl.float64)
+        t += tl.sum(dy * tl.where(mask, x - c_m, 0.0), axis=1).to(tl.float64)
+    tl.store(s_ptr + planes, s, mask=pmask)
+    tl.store(t_ptr + planes, t, mask=pmask)
+
+
+@triton.jit(do_not_specialize=["C", "G", "D", "L"])
+def _group_gradients(s_ptr, t_ptr, mean_ptr, var_ptr, c_m_ptr, a_ptr, b_ptr, gn_w_ptr, mu_g_ptr,
+                     rstd_g_ptr, c_dy_ptr, c_x_ptr, c_0_ptr, p_ptr, q_ptr, dgamma_ptr, dbeta_ptr,
+                     C, G, D, L, PER_CHANNEL_AFFINE: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Step 2's backward for one (sample, group), as per-plane coefficients of the gradient
+    dx1 w.r.t. step 1's output: dx1 = c_dy dy + c_x (x - m) + c_0, with
+    c_dy = r gamma, c_x = -r^2 E2 a, c_0 = -r E1 - r^2 E2 (m1 - mu), where E1 and E2 are the
+    group means of gamma dy and gamma dy z. Also P = sum dx1, Q = sum dx1 (x - m) per plane for
+    step 1's backward, and this (sample, group)'s share of the group affine's gradients."""
+    pid, g, cs, cmask, planes = _group_block(C, G, D, BLOCK_D)
+    s = tl.load(s_ptr + planes, mask=cmask, other=0.0)
+    m = tl.load(mean_ptr + planes, mask=cmask, other=0.0)
+    # T around the exact plane mean: sum dy (x - m) = sum dy (x - m~) + (m~ - m) S
+    t = tl.load(t_ptr + planes, mask=cmask, other=0.0) + (
+        tl.load(c_m_ptr + planes, mask=cmask, other=0.0).to(tl.float64) - m) * s
+    v = tl.load(var_ptr + planes, mask=cmask, other=0.0)
+    a = tl.load(a_ptr + cs, mask=cmask, other=0.0)
+    b = tl.load(b_ptr + cs, mask=cmask, other=0.0)
+    mu = tl.load(mu_g_ptr + pid)
+    r = tl.load(rstd_g_ptr + pid)
+    gamma = _group_affine(gn_w_ptr, cs, cmask, g, PER_CHANNEL_AFFINE)
+    centered = a * m + b - mu                      # m1 - mu
+    dz_z = r * (a * t + centered * s)              # sum over the plane of dy * z
+    count = D.to(tl.float64) * L
+    e1 = tl.sum(tl.where(cmask, gamma * s, 0.0), axis=0) / count
+    e2 = tl.sum(tl.where(cmask, gamma * dz_z, 0.0), axis=0) / count
+    c_dy = r * gamma + tl.zeros([BLOCK_D], dtype=tl.float64)
+    c_x = -r * r * e2 * a
+    c_0 = -r * e1 - r * r * e2 * centered
+    tl.store(c_dy_ptr + planes, c_dy, mask=cmask)
+    tl.store(c_x_ptr + planes, c_x, mask=cmask)
+    tl.store(c_0_ptr + planes, c_0, mask=cmask)
+    tl.store(p_ptr + planes, c_dy * s + c_0 * L, mask=cmask)
+    tl.store(q_ptr + planes, c_dy * t + c_x * L * v, mask=cmask)
+    if PER_CHANNEL_AFFINE:
+        tl.store(dgamma_ptr + planes, dz_z, mask=cmask)
+        tl.store(dbeta_ptr + planes, s, mask=cmask)
+    else:
+        tl.store(dgamma_ptr + pid, tl.sum(tl.where(cmask, dz_z, 0.0), axis=0))
+        tl.store(dbeta_ptr + pid, tl.sum(s, axis=0))
+
+
+@triton.jit(do_not_specialize=["N", "C", "L"])
+def _channel_gradients(p_ptr, q_ptr, mean_ptr, c_m_ptr, c_dy_ptr, c_x_ptr, c_0_ptr, a_ptr,
+                       mu_ptr, inv_ptr, k_dy_ptr, k_x_ptr, k_0_ptr, dbn_w_ptr, dbn_b_ptr, N, C, L,
+                       MODE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Step 1's backward per channel. Estimates and fixed statistics are constants: dx = a dx1.
+    Batch statistics add BatchNorm's terms: dx = a (dx1 - mean(dx1) - x^ mean(dx1 x^)).
+    Writes the final per-plane coefficients of dx (around m~, float32) and gamma_b's and
+    beta_b's gradients."""
+    cs = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cs < C
+    a = tl.load(a_ptr + cs, mask=cmask, other=0.0)
+    mu = tl.load(mu_ptr + cs, mask=cmask, other=0.0)
+    inv = tl.load(inv_ptr + cs, mask=cmask, other=0.0)
+    sum_p = tl.zeros([BLOCK_C], dtype=tl.float64)
+    sum_pq = tl.zeros([BLOCK_C], dtype=tl.float64)
+    for n0 in range(0, N, BLOCK_N):
+        ns = n0 + tl.arange(0, BLOCK_N)
+        mask = (ns < N)[:, None] & cmask[None, :]
+        idx = ns.to(tl.int64)[:, None] * C + cs[None, :]
+        p = tl.load(p_ptr + idx, mask=mask, other=0.0)
+        q = tl.load(q_ptr + idx, mask=mask, other=0.0)
+        m = tl.load(mean_ptr + idx, mask=mask, other=0.0)
+        sum_p += tl.sum(p, axis=0)
+        sum_pq += tl.sum(q + (m - mu[None, :]) * p, axis=0)   # sum dx1 (x - mu)
+    tl.store(dbn_b_ptr + cs, sum_p, mask=cmask)
+    tl.store(dbn_w_ptr + cs, sum_pq * inv, mask=cmask)
+    count = N.to(tl.float64) * L
+    k1 = sum_p / count
+    k2 = sum_pq * inv / count                                     # mean(dx1 x^)
+    for n0 in range(0, N, BLOCK_N):
+        ns = n0 + tl.arange(0, BLOCK_N)
+        mask = (ns < N)[:, None] & cmask[None, :]
+        idx = ns.to(tl.int64)[:, None] * C + cs[None, :]
+        m = tl.load(mean_ptr + idx, mask=mask, other=0.0)
+        c_dy = tl.load(c_dy_ptr + idx, mask=mask, other=0.0)
+        c_x = tl.load(c_x_ptr + idx, mask=mask, other=0.0)
+        c_0 = tl.load(c_0_ptr + idx, mask=mask, other=0.0)
+        if MODE == 0:
+            c_0 = c_0 - k1[None, :] - k2[None, :] * (m - mu[None, :]) * inv[None, :]
+            c_x = c_x - (k2 * inv)[None, :]
+        # around m~ instead of m: c_x (x - m) = c_x (x - m~) + c_x (m~ - m)
+        c_0 = c_0 + c_x * (tl.load(c_m_ptr + idx, mask=mask, other=0.0).to(tl.float64) - m)
+        tl.store(k_dy_ptr + idx, (a[None, :] * c_dy).to(k_dy_ptr.dtype.element_ty), mask=mask)
+        tl.store(k_x_ptr + idx, (a[None, :] * c_x).to(k_x_ptr.dtype.element_ty), mask=mask)
+        tl.store(k_0_ptr + idx, (a[None, :] * c_0).to(k_0_ptr.dtype.element_ty), mask=mask)
+
+
+def _layout(x: torch.Tensor):
+    """(x as the kernels read it, its strides per sample, channel and position in the plane):
+    channels_last stays channels_last, anything else becomes NCHW-contiguous."""
+    n, c, h, w = x.shape
+    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return x, (h * w * c, 1, c)
+    x = x.contiguous()
+    return x, (c * h * w, h * w, 1)
+
+
+def _plane_tiles(planes: int, length: int):
+    block_l = min(triton.next_power_of_2(length), _MAX_PLANE_TILE)
+    block_p = max(1, min(triton.next_power_of_2(planes), _TILE // block_l))
+    return dict(BLOCK_P=block_p, BLOCK_L=block_l), (triton.cdiv(planes, block_p),)
+
+
+def _channel_tiles(n: int, c: int):
+    block_c = min(triton.next_power_of_2(c), 128)
+    block_n = max(1, min(triton.next_power_of_2(n), 2048 // block_c))
+    return dict(BLOCK_N=block_n, BLOCK_C=block_c), (triton.cdiv(c, block_c),)
+
+
+def _compute_dtype(x: torch.Tensor):
+    """float64 maps are computed in float64 (gradcheck); all others in float32."""
+    return (tl.float64, torch.float64) if x.dtype == torch.float64 else (tl.float32, torch.float32)
+
+
+def forward(x, groups, bn_weight, bn_bias, gn_weight, gn_bias, running_mean, running_var,
+            tracked, skipped, rate, scalars, mode, update):
+    """y, and the tensors backward needs. gn_weight / gn_bias: (1, G, 1) per group or (C,) per
+    channel; scalars: float64 (bn_eps, momentum, gn_eps) on x's device; rate: the estimate rate
+    (a one-element tensor on x's device). ``update`` (modes BATCH, ESTIMATE): move the running
+    state, committed last, after every other kernel has run."""
+    x, strides = _layout(x)
+    n, c, h, w = x.shape
+    length, planes, d = h * w, n * c, c // groups
+    compute, coef_dtype = _compute_dtype(x)
+    f64 = dict(dtype=torch.float64, device=x.device)
+    mean, var = torch.empty(planes, **f64), torch.empty(planes, **f64)
+    tiles, grid = _plane_tiles(planes, length)
+    _plane_moments[grid](x, mean, var, planes, c, length, *strides, COMPUTE=compute, **tiles)
+    a, b, mu, inv, new_mean, new_var = (torch.empty(c, **f64) for _ in range(6))
+    ctiles, cgrid = _channel_tiles(n, c)
+    flags = torch.zeros(cgrid[0], dtype=torch.int32, device=x.device)
+    _channel_stats[cgrid](mean, var, n, c, length, bn_weight, bn_bias, running_mean, running_var,
+                          scalars, rate, a, b, mu, inv, new_mean, new_var, flags, MODE=mode,
+                          UPDATE=update, **ctiles)
+    coef_a = torch.empty(planes, dtype=coef_dtype, device=x.device)
+    coef_m, coef_k = torch.empty_like(coef_a), torch.empty_like(coef_a)
+    mu_g, rstd_g = torch.empty(n * groups, **f64), torch.empty(n * groups, **f64)
+    _group_coefficients[(n * groups,)](mean, var, a, b, gn_weight, gn_bias, scalars, coef_a,
+                                       coef_m, coef_k, mu_g, rstd_g, c, groups, d,
+                                       PER_CHANNEL_AFFINE=gn_weight.dim() == 1,
+                                       BLOCK_D=triton.next_power_of_2(d))
+    y = torch.empty_like(x)
+    _apply[grid](x, x, y, coef_a, coef_m, coef_k, coef_a, planes, c, length, *strides,
+                 HAS_DY=False, COMPUTE=compute, **tiles)
+    if update:
+        _commit_running_state[(1,)](new_mean, new_var, flags, cgrid[0], running_mean, running_var,
+                                    tracked, skipped, c, BLOCK_F=triton.next_power_of_2(cgrid[0]),
+                                    BLOCK_C=min(triton.next_power_of_2(c), 1024))
+    return y, (x, mean, var, coef_m, a, b, mu, inv, mu_g, rstd_g)
+
+
+def backward(dy, saved, groups, gn_weight, mode):
+    """(dx, d bn_weight, d bn_bias, d gn_weight, d gn_bias); parameter gradients in float64,
+    gn's flat ((G,) or (C,))."""
+    x, mean, var, coef_m, a, b, mu, inv, mu_g, rstd_g = saved
+    x, strides = _layout(x)
+    channels_last = strides[1] == 1 and strides[2] != 1
+    dy = dy.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    n, c, h, w = x.shape
+    length, planes, d = h * w, n * c, c // groups
+    compute, coef_dtype = _compute_dtype(x)
+    f64 = dict(dtype=torch.float64, device=x.device)
+    s, t = torch.empty(planes, **f64), torch.empty(planes, **f64)
+    tiles, grid = _plane_tiles(planes, length)
+    _plane_gradient_sums[grid](x, dy, coef_m, s, t, planes, c, length, *strides, COMPUTE=compute,
+                               **tiles)
+    c_dy, c_x, c_0, p, q = (torch.empty(planes, **f64) for _ in range(5))
+    per_channel = gn_weight.dim() == 1
+    shares = planes if per_channel else n * groups
+    dgamma, dbeta = torch.empty(shares, **f64), torch.empty(shares, **f64)
+    _group_gradients[(n * groups,)](s, t, mean, var, coef_m, a, b, gn_weight, mu_g, rstd_g, c_dy,
+                                    c_x, c_0, p, q, dgamma, dbeta, c, groups, d, length,
+                                    PER_CHANNEL_AFFINE=per_channel,
+                                    BLOCK_D=triton.next_power_of_2(d))
+    k_dy = torch.empty(planes, dtype=coef_dtype, device=x.device)
+    k_x, k_0 = torch.empty_like(k_dy), torch.empty_like(k_dy)
+    dbn_w, dbn_b = torch.empty(c, **f64), torch.empty(c, **f64)
+    ctiles, cgrid = _channel_tiles(n, c)
+    _channel_gradients[cgrid](p, q, mean, coef_m, c_dy, c_x, c_0, a, mu, inv, k_dy, k_x, k_0,
+                              dbn_w, dbn_b, n, c, length, MODE=mode, **ctiles)
+    dx = torch.empty_like(x)
+    _apply[grid](x, dy, dx, k_x, coef_m, k_0, k_dy, planes, c, length, *strides, HAS_DY=True,
+                 COMPUTE=compute, **tiles)
+    return dx, dbn_w, dbn_b, dgamma.view(n, -1).sum(0), dbeta.view(n, -1).sum(0)
