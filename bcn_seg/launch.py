@@ -28,6 +28,8 @@ def parse_args(test: bool):
         parser.add_argument("--resume", action="store_true", help="resume from the last checkpoint of work-dir")
         parser.add_argument("--overwrite", action="store_true",
                             help="start a new run in a work-dir that holds one, overwriting it")
+        parser.add_argument("--amp", action="store_true",
+                            help="mixed precision (mmengine's AmpOptimWrapper, dynamic loss scale)")
     parser.add_argument("--data-root", help="dataset root (else $VOC_ROOT, else the config's)")
     parser.add_argument("--cfg-options", nargs="+", action=DictAction, help="override config keys")
     parser.add_argument("--launcher", choices=["none", "pytorch"], default="none")
@@ -53,6 +55,9 @@ def load_config(args) -> Config:
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
     check_config(cfg, args.config)
+    if getattr(args, "amp", False):  # as mmseg's tools/train.py --amp
+        cfg.optim_wrapper.type = "AmpOptimWrapper"
+        cfg.optim_wrapper.setdefault("loss_scale", "dynamic")
     cfg.launcher = args.launcher
     cfg.work_dir = args.work_dir or cfg.get("work_dir") or osp.join(
         "work_dirs", osp.splitext(osp.basename(args.config))[0])

@@ -60,12 +60,20 @@ def test_analyze_model_reports_every_normalized_layer(toy_root, toy_voc, tmp_pat
     assert "backbone.layer1.0.bn1" in result.stdout and result.stdout.strip().splitlines()[-1].startswith("mean")
 
 
+def test_gpu_check_says_in_one_line_that_it_needs_cuda():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: tools/gpu_check.py would run for minutes")
+    result = run("tools/gpu_check.py")
+    assert result.returncode == 2
+    assert result.stdout.strip().count("\n") == 0 and "no CUDA device here" in result.stdout
+
+
 def test_benchmark_norm_writes_its_table(tmp_path):
     out = tmp_path / "norm.md"
     result = run("tools/benchmark_norm.py", "--repeats", "1", "--shapes", "2x64x6x10", "--out", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     table = out.read_text()
-    for name in ("GroupNorm", "BCN composition (reference)", "BCN batch (fused)", "BCN estimate (fused)"):
+    for name in ("GroupNorm", "BCN composition (reference)", "BCN batch (kernels)", "BCN estimate (kernels)", "copy"):
         assert name in table
     assert "training" in table and "eval" in table and "2x64x6x10" in table
 

@@ -6,6 +6,7 @@ BCN+WS folded (plain convolutions + GroupNorm, bcn_det/bcn_seg.fold_bcn); for Ma
 R18 also the StatDiff hook's overhead (tracker active on one iteration in N).
 
     python tools/benchmark_model.py [--repeats 9] [--runs 5] [--models mask_rcnn_r18,mask_rcnn_r50,deeplabv3_r50] [--size 512]
+    python tools/benchmark_model.py --device cuda --models mask_rcnn_r50,deeplabv3_r101 --size 800
 
 --size runs the same toy models on larger images (Mask R-CNN: the toy images resized to that
 many pixels; DeepLabV3: that crop size), where the per-weight costs (WS) and per-layer costs
@@ -45,6 +46,12 @@ SEG_R50 = {"model.backbone.depth": 50, "model.decode_head.in_channels": 2048,
            "model.auxiliary_head.in_channels": 1024}
 
 
+def synchronize():
+    """Wait for the GPU's queued work (timings end when the work does, not its launch)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def interleaved(candidates, repeats):
     for fn in candidates.values():
         fn()  # warm-up
@@ -53,8 +60,10 @@ def interleaved(candidates, repeats):
         order = list(candidates)
         random.shuffle(order)
         for name in order:
+            synchronize()
             start = time.perf_counter()
             candidates[name]()
+            synchronize()
             times[name].append(time.perf_counter() - start)
     return times
 
@@ -78,9 +87,11 @@ def training_candidates(models, loss_of, extra=None):
             model.train()
             bcn.set_estimate_rate(model, LR)  # BCN's estimate rate follows the learning rate
             optimizer.zero_grad(set_to_none=True)
+            synchronize()
             start = time.perf_counter()
             loss = loss_fn(model)
             loss.backward()
+            synchronize()
             phases[name].append(time.perf_counter() - start)
             if not torch.isfinite(loss):
                 raise RuntimeError(f"{name}: the loss is not finite; the timings would not be representative")
@@ -138,7 +149,7 @@ def table(title, rows_):
               for name, ms, r, unit in rows_), ""]
 
 
-def mask_rcnn(depth, repeats, statdiff_period, size=None):
+def mask_rcnn(depth, repeats, statdiff_period, size=None, device="cpu"):
     from detectron2.modeling import build_model
     from detectron2.utils.events import EventStorage
 
@@ -153,7 +164,7 @@ def mask_rcnn(depth, repeats, statdiff_period, size=None):
     # per iteration, drawn anew each iteration and differing between models, and each is ~3 ms
     # of mask-head work in R50's iteration: +-3%, more than the costs measured here. (With 16
     # at IoU 0.1, one iteration in ~200 still came up one short.)
-    opts = ["MODEL.DEVICE", "cpu", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
+    opts = ["MODEL.DEVICE", device, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
             "MODEL.ROI_HEADS.IOU_THRESHOLDS", "[0.1]", "MODEL.ROI_HEADS.POSITIVE_FRACTION", "0.125"
             ] + (DET_R50 if depth == 50 else [])
     if size:
@@ -227,7 +238,7 @@ class HeadRois:
         return "training, UNEQUAL work in the heads: " + ", ".join(f"{n} {t}" for n, t in took.items()) + " per iteration"
 
 
-def deeplabv3(depth, repeats, size=None):
+def deeplabv3(depth, repeats, size=None, device="cpu"):
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
     from mmengine.structures import PixelData
@@ -242,17 +253,19 @@ def deeplabv3(depth, repeats, size=None):
     models = {}
     for name, variant in (("GN", "gn"), ("GN+WS", "gn_ws"), ("BCN+WS", "bcn_ws")):
         cfg = Config.fromfile(SEG_CONFIG.format(variant))
-        if depth == 50:
-            cfg.merge_from_dict(SEG_R50)
+        if depth in (50, 101):
+            cfg.merge_from_dict(dict(SEG_R50, **{"model.backbone.depth": depth}))
         torch.manual_seed(0)
         models[name] = MODELS.build(cfg.model)
         models[name].init_weights()
+        models[name].to(device)
     size, count = size or 96, 4
     torch.manual_seed(0)
-    x = torch.randn(count, 3, size, size)
+    x = torch.randn(count, 3, size, size, device=device)
     samples = []
     for _ in range(count):
-        sample = SegDataSample(gt_sem_seg=PixelData(data=torch.randint(0, 4, (1, size, size))))
+        labels = torch.randint(0, 4, (1, size, size), device=device)
+        sample = SegDataSample(gt_sem_seg=PixelData(data=labels))
         sample.set_metainfo(dict(img_shape=(size, size), pad_shape=(size, size), ori_shape=(size, size)))
         samples.append(sample)
 
@@ -269,10 +282,12 @@ def deeplabv3(depth, repeats, size=None):
 
 
 MODELS = {
-    "mask_rcnn_r18": lambda args: mask_rcnn(18, args.repeats, args.statdiff_period, args.size),
-    "mask_rcnn_r50": lambda args: mask_rcnn(50, args.repeats, 0, args.size),
-    "deeplabv3_r50": lambda args: deeplabv3(50, args.repeats, args.size),
+    "mask_rcnn_r18": lambda args: mask_rcnn(18, args.repeats, args.statdiff_period, args.size, args.device),
+    "mask_rcnn_r50": lambda args: mask_rcnn(50, args.repeats, 0, args.size, args.device),
+    "deeplabv3_r50": lambda args: deeplabv3(50, args.repeats, args.size, args.device),
+    "deeplabv3_r101": lambda args: deeplabv3(101, args.repeats, args.size, args.device),
 }
+DEFAULT_MODELS = "mask_rcnn_r18,mask_rcnn_r50,deeplabv3_r50"
 
 
 def main(argv=None):
@@ -281,7 +296,8 @@ def main(argv=None):
     parser.add_argument("--runs", type=int, default=1,
                         help="fresh processes, one after the other; ratios reported as the median "
                              "(range) over runs -- one process can land anywhere in that range")
-    parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {', '.join(MODELS)}")
+    parser.add_argument("--models", default=DEFAULT_MODELS, help=f"comma-separated, of {', '.join(MODELS)}")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--statdiff-period", type=int, default=20)
     parser.add_argument("--size", type=int, default=None,
                         help="image size in px (default: the toy sizes, 128 for Mask R-CNN, 96 for DeepLabV3)")
@@ -319,7 +335,7 @@ def runs_in_fresh_processes(args):
     """Each run in its own process (a process's allocations, and with them its timings, differ
     from the next one's); per row the times' median and every run's ratio."""
     child = ["--repeats", str(args.repeats), "--models", args.models, "--statdiff-period",
-             str(args.statdiff_period), *(["--size", str(args.size)] if args.size else []),
+             str(args.statdiff_period), "--device", args.device, *(["--size", str(args.size)] if args.size else []),
              *(["--malloc-defaults"] if args.malloc_defaults else [])]
     results = []
     with tempfile.TemporaryDirectory() as scratch:
