@@ -9,7 +9,7 @@ import torch
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup
 from detectron2.evaluation import COCOEvaluator
 
-import bcn
+from bcn.allocator import keep_freed_memory
 
 from .checkpoint import BCNCheckpointer
 from .compat import OptimizerStateInCheckpoints, has_fast_coco_eval, launch
@@ -96,7 +96,7 @@ def check_datasets(cfg) -> None:
 def main(args):
     cfg = setup(args)
     if cfg.MODEL.DEVICE == "cpu":
-        bcn.allocator.keep_freed_memory()  # why: bcn/allocator.py
+        keep_freed_memory()  # why: bcn/allocator.py
     check_output_dir(cfg, args)
     check_datasets(cfg)
     if args.eval_only:

@@ -12,8 +12,8 @@ from .checkpoint import BCNPretrainedInit
 from .fold import fold_bcn
 from .heads import DeepLabV3Head
 from .hooks import EstimateRateHook, ExactResumeHook, StatDiffHook
-from .registry import BCN_TYPES, CONV_TYPES
+from .registry import BCN_TYPES, CONV_TYPES, build_model
 from .toy import ToyVOCDataset, ensure_toy_voc
 from .transforms import RandomRescale
 
-__all__ = ["fold_bcn", "BCNPretrainedInit", "DeepLabV3Head", "RandomRescale", "EstimateRateHook", "ExactResumeHook", "StatDiffHook", "ToyVOCDataset", "ensure_toy_voc", "BCN_TYPES", "CONV_TYPES"]
+__all__ = ["build_model", "fold_bcn", "BCNPretrainedInit", "DeepLabV3Head", "RandomRescale", "EstimateRateHook", "ExactResumeHook", "StatDiffHook", "ToyVOCDataset", "ensure_toy_voc", "BCN_TYPES", "CONV_TYPES"]

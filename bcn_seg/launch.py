@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 from mmengine.config import Config, DictAction
 
-import bcn
+from bcn.allocator import keep_freed_memory
 
 from .registry import BCN_TYPES, CONV_TYPES
 
@@ -168,7 +168,7 @@ def run(test: bool) -> None:
 
     args = parse_args(test)
     if not torch.cuda.is_available():
-        bcn.allocator.keep_freed_memory()  # why: bcn/allocator.py
+        keep_freed_memory()  # why: bcn/allocator.py
     init_distributed(args.launcher)
     try:
         cfg = load_config(args)

@@ -16,3 +16,16 @@ MODELS.register_module("WSConv2d", module=WSConv2d, force=True)
 
 BCN_TYPES = ("BCN",)
 CONV_TYPES = ("WSConv2d",)
+
+
+def build_model(model_cfg, init: bool = True):
+    """An mmseg model from a config's ``model`` dict, built in mmseg's registry scope;
+    ``init=False`` skips init_weights (and with it any pretrained file)."""
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import MODELS as SEG_MODELS
+
+    init_default_scope("mmseg")
+    model = SEG_MODELS.build(model_cfg)
+    if init:
+        model.init_weights()
+    return model

@@ -18,11 +18,6 @@ def fresh_seed():
     return seed
 
 
-def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    actual, expected = actual.detach().double(), expected.detach().double()
-    return float((actual - expected).norm() / expected.norm().clamp_min(1e-300))
-
-
 @pytest.fixture(scope="session")
 def toy_root(tmp_path_factory):
     """The toy COCO set, generated once per session and registered in detectron2."""

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import bcn
-from tests.conftest import rel_err
+from tests.helpers import rel_err
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +30,7 @@ def test_detectron2_backbone_folds_exactly():
     from detectron2.modeling import build_backbone
 
     import bcn_det
-    from tests.det.conftest import TOY_CONFIG, load_cfg
+    from tests.det.helpers import TOY_CONFIG, load_cfg
 
     cfg = load_cfg(TOY_CONFIG, "MODEL.BACKBONE.FREEZE_AT", "2")
     backbone = build_backbone(cfg).double()
@@ -48,7 +48,7 @@ def test_detectron2_backbone_folds_exactly():
 
 def test_mmseg_model_folds_exactly_and_exports_to_torchscript(tmp_path):
     import bcn_seg
-    from tests.seg.conftest import TOY_CONFIG, build_model, load_config
+    from tests.seg.helpers import TOY_CONFIG, build_model, load_config
 
     model = build_model(load_config(TOY_CONFIG)).double()
     x = torch.randn(2, 3, 96, 96, dtype=torch.float64)
@@ -95,7 +95,7 @@ def test_folded_network_exports_to_onnx_with_the_same_outputs(tmp_path):
 def test_folded_mmseg_model_exports_to_a_valid_onnx_graph(tmp_path):
     onnx = pytest.importorskip("onnx")
     import bcn_seg
-    from tests.seg.conftest import TOY_CONFIG, build_model, load_config
+    from tests.seg.helpers import TOY_CONFIG, build_model, load_config
 
     model = build_model(load_config(TOY_CONFIG))
     model.eval()

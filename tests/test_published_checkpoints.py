@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from bcn.pretrained import CheckpointError, read_published
-from tests.conftest import rel_err
+from tests.helpers import rel_err
 from tests.published_model import VARIANTS, reference_model, save_variant, stage_outputs
 
 pytestmark = pytest.mark.slow

@@ -38,7 +38,7 @@ def test_analyze_model_reports_every_normalized_layer(toy_root, toy_voc, tmp_pat
     from detectron2.modeling import build_model
 
     from bcn_det.config import load_config
-    from tests.seg.conftest import TOY_CONFIG as SEG_TOY, build_model as build_seg, load_config as load_seg
+    from tests.seg.helpers import TOY_CONFIG as SEG_TOY, build_model as build_seg, load_config as load_seg
 
     det_config = "configs/detectron2/toy/mask_rcnn_R18_FPN_bcn_ws_toy.yaml"
     det_weights = tmp_path / "det.pth"

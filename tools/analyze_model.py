@@ -41,15 +41,12 @@ def analyze_detectron2(args):
 
 
 def analyze_mmseg(args):
-    import bcn_seg  # noqa: F401
+    import bcn_seg
     from mmengine.config import Config
-    from mmengine.registry import init_default_scope
     from mmengine.runner import Runner, load_checkpoint
-    from mmseg.registry import MODELS
 
     cfg = Config.fromfile(args.config)
-    init_default_scope("mmseg")
-    model = MODELS.build(cfg.model)
+    model = bcn_seg.build_model(cfg.model, init=False)
     load_checkpoint(model, args.checkpoint, map_location="cpu")
     model.eval()
     tracker = bcn.ChannelStatsTracker(model, momentum=None)

@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 
 import bcn
+from bcn.allocator import keep_freed_memory
 
 DET_CONFIG = "configs/detectron2/toy/mask_rcnn_R18_FPN_{}_toy.yaml"
 SEG_CONFIG = "configs/mmseg/toy/deeplabv3_r18_{}_toy.py"
@@ -239,26 +240,20 @@ class HeadRois:
 
 
 def deeplabv3(depth, repeats, size=None, device="cpu"):
+    import bcn_seg
     from mmengine.config import Config
-    from mmengine.registry import init_default_scope
+    from mmengine.logging import MMLogger
     from mmengine.structures import PixelData
-    from mmseg.registry import MODELS
     from mmseg.structures import SegDataSample
 
-    import bcn_seg
-    from mmengine.logging import MMLogger
-
     MMLogger.get_instance("mmengine", log_level="WARNING")  # not every layer's init, please
-    init_default_scope("mmseg")
     models = {}
     for name, variant in (("GN", "gn"), ("GN+WS", "gn_ws"), ("BCN+WS", "bcn_ws")):
         cfg = Config.fromfile(SEG_CONFIG.format(variant))
         if depth in (50, 101):
             cfg.merge_from_dict(dict(SEG_R50, **{"model.backbone.depth": depth}))
         torch.manual_seed(0)
-        models[name] = MODELS.build(cfg.model)
-        models[name].init_weights()
-        models[name].to(device)
+        models[name] = bcn_seg.build_model(cfg.model).to(device)
     size, count = size or 96, 4
     torch.manual_seed(0)
     x = torch.randn(count, 3, size, size, device=device)
@@ -313,7 +308,7 @@ def main(argv=None):
     if args.runs > 1:
         header, tables = runs_in_fresh_processes(args)
     else:
-        kept = not args.malloc_defaults and bcn.allocator.keep_freed_memory()
+        kept = not args.malloc_defaults and keep_freed_memory()
         header = (f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.repeats} repeats, "
                   f"malloc {'keeps freed memory' if kept else 'defaults'}; time: median; ratio: median "
                   f"of per-repeat ratios")

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 import bcn
+from bcn.allocator import keep_freed_memory
 
 SHAPES = [(1, 256, 200, 336), (2, 256, 100, 168), (4, 512, 32, 32), (1, 2048, 25, 42)]
 GPU_SHAPES = [(2, 256, 200, 336), (2, 256, 100, 168), (1, 2048, 25, 42), (512, 256, 7, 7), (128, 256, 14, 14)]
@@ -125,7 +126,7 @@ def main(argv=None):
                         help="leave glibc's malloc as it is (by default: bcn/allocator.py)")
     parser.add_argument("--gpu-only", action="store_true", help="only the GPU tables")
     args = parser.parse_args(argv)
-    kept = not args.malloc_defaults and bcn.allocator.keep_freed_memory()
+    kept = not args.malloc_defaults and keep_freed_memory()
     custom = args.shapes and [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     settings = [("cpu", torch.float32)] if not args.gpu_only else []
     if torch.cuda.is_available():

@@ -20,6 +20,7 @@ import torch
 import torchvision
 
 import bcn
+from bcn.allocator import keep_freed_memory
 from bcn.functional import weight_standardize
 
 
@@ -55,7 +56,7 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=21)
     parser.add_argument("--out", default="output/benchmark_ws.md")
     args = parser.parse_args(argv)
-    bcn.allocator.keep_freed_memory()  # as the training launchers run on CPU
+    keep_freed_memory()  # as the training launchers run on CPU
     weights = conv_weights(args.arch)
     grads = [torch.randn_like(w) for w in weights]
     kernel_fwd, kernel_bwd = forward_and_backward(bcn.conv.standardized, weights, grads)

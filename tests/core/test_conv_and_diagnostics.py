@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 import bcn
-from tests.conftest import rel_err
+from tests.helpers import rel_err
 from tests.core import reference as ref
 
 

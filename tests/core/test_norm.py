@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import bcn
-from tests.conftest import rel_err
+from tests.core.helpers import random_bcn, random_input
+from tests.helpers import rel_err
 from tests.core import reference as ref
 
 SHAPES = [  # (N, C, H, W, G)
@@ -22,22 +23,6 @@ SHAPES = [  # (N, C, H, W, G)
 # float32_floor). Groups of 2 values are skipped in float32 (the float64 run checks them).
 TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
 DTYPES = pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
-
-
-def random_input(n, c, h, w):
-    scale = torch.rand(1, c, 1, 1) * 3 + 0.2
-    shift = torch.randn(1, c, 1, 1) * 2
-    return torch.randn(n, c, h, w) * scale + shift
-
-
-def random_bcn(c, g, mode, affine="group", impl="reference"):
-    layer = bcn.BatchChannelNorm2d(c, g, mode=mode, affine=affine, impl=impl)
-    with torch.no_grad():
-        for p in layer.parameters():
-            p.copy_(torch.randn_like(p) * 0.5 + (1.0 if p.shape == layer.weight.shape else 0.0))
-        layer.pbn.running_mean.copy_(torch.randn(c))
-        layer.pbn.running_var.copy_(torch.rand(c) + 0.5)
-    return layer
 
 
 def reference_params(layer):

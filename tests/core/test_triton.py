@@ -9,9 +9,9 @@ import torch
 
 import bcn
 from bcn import dispatch, kernels
-from tests.conftest import rel_err
+from tests.helpers import rel_err
 from tests.core import reference as ref
-from tests.core.test_norm import random_bcn, random_input
+from tests.core.helpers import random_bcn, random_input
 
 pytest.importorskip("triton")
 

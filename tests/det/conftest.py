@@ -2,14 +2,7 @@ import pytest
 
 pytest.importorskip("detectron2")
 
-import bcn_det  # noqa: E402
-from bcn_det.config import load_config  # noqa: E402
-
-TOY_CONFIG = "configs/detectron2/toy/mask_rcnn_R18_FPN_bcn_ws_toy.yaml"
-
-
-def load_cfg(path, *opts):
-    return load_config(path, opts)
+from tests.det.helpers import TOY_CONFIG, load_cfg  # noqa: E402
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from detectron2.solver import build_optimizer
 
 import bcn
 import bcn_det
-from tests.det.conftest import TOY_CONFIG, load_cfg
+from tests.det.helpers import TOY_CONFIG, load_cfg
 
 PAPER_CONFIGS = sorted(glob.glob("configs/detectron2/COCO/*.yaml"))
 PLAIN_NORMS = (torch.nn.GroupNorm, torch.nn.BatchNorm2d, FrozenBatchNorm2d, torch.nn.SyncBatchNorm)
@@ -139,3 +139,4 @@ def test_an_image_without_boxes_runs_through_the_bcn_heads(training):
     sum(losses.values()).backward()
     assert torch.isfinite(sum(losses.values()))
     assert all(torch.equal(v, before[k]) for k, v in mask_head.state_dict().items())
+

@@ -16,7 +16,7 @@ from detectron2.solver import build_lr_scheduler, build_optimizer
 
 import bcn
 import bcn_det
-from tests.det.conftest import TOY_CONFIG, load_cfg
+from tests.det.helpers import TOY_CONFIG, load_cfg
 
 COCO = "configs/detectron2/COCO"
 BCN_WS = sorted(glob.glob(f"{COCO}/*_bcn_ws.yaml"))

@@ -10,7 +10,7 @@ from detectron2.utils import comm
 
 import bcn_det
 from bcn_det.engine import Trainer
-from tests.det.conftest import load_cfg, TOY_CONFIG
+from tests.det.helpers import load_cfg, TOY_CONFIG
 
 
 class DieHook(HookBase):

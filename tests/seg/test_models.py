@@ -8,7 +8,7 @@ from torch import nn
 
 import bcn
 from bcn_seg.launch import check_config
-from tests.seg.conftest import TOY_CONFIG, build_model, load_config
+from tests.seg.helpers import TOY_CONFIG, build_model, load_config
 
 CONFIGS = sorted(glob.glob("configs/mmseg/voc/*.py")) + [TOY_CONFIG]
 

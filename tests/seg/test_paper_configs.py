@@ -11,13 +11,12 @@ import random
 import numpy as np
 import pytest
 import torch
-from mmengine.config import Config
 from PIL import Image
 
 import bcn
-from tests.conftest import rel_err
+from tests.helpers import rel_err
 from tests.published_model import reference_model, save_variant, stage_outputs
-from tests.seg.conftest import build_model, load_config
+from tests.seg.helpers import build_model, load_config
 
 VOC = "configs/mmseg/voc"
 PAPER = f"{VOC}/deeplabv3_r101_bcn_ws_4xb4-30k_voc12aug-513x513.py"

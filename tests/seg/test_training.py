@@ -37,7 +37,7 @@ def metrics(work_dir: Path, name: str):
 
 def test_train_then_test_reproduces_miou(toy_options, toy_voc, tmp_path):
     toy_voc = str(toy_voc)
-    from tests.seg.conftest import TOY_CONFIG
+    from tests.seg.helpers import TOY_CONFIG
 
     work = Path(toy_options["work_dir"])
     run_tool("train_seg.py", TOY_CONFIG, "--data-root", toy_voc, *cli_options(toy_options))
@@ -52,7 +52,7 @@ def test_train_then_test_reproduces_miou(toy_options, toy_voc, tmp_path):
 def test_resume_restores_bcn_estimates_and_iteration(toy_options):
     from mmengine.runner import Runner
 
-    from tests.seg.conftest import TOY_CONFIG, load_config
+    from tests.seg.helpers import TOY_CONFIG, load_config
 
     toy_options["train_cfg.val_interval"] = 100  # no validation in this test
     runner = Runner.from_cfg(load_config(TOY_CONFIG, **toy_options))
@@ -70,7 +70,7 @@ def test_resume_restores_bcn_estimates_and_iteration(toy_options):
 
 
 def test_torchrun_two_cpu_processes(toy_options, toy_voc, tmp_path):
-    from tests.seg.conftest import derived_config
+    from tests.seg.helpers import derived_config
 
     work = Path(toy_options["work_dir"])
     config = derived_config(
@@ -96,7 +96,7 @@ def test_torchrun_two_cpu_processes(toy_options, toy_voc, tmp_path):
 def test_a_dead_rank_ends_the_torchrun_job_instead_of_hanging(toy_options, toy_voc, tmp_path):
     import time
 
-    from tests.seg.conftest import derived_config
+    from tests.seg.helpers import derived_config
 
     config = derived_config(
         tmp_path, custom_imports=dict(imports=["bcn_seg", "tests.seg.rank_dump"]),
@@ -113,7 +113,7 @@ def test_killed_and_resumed_run_ends_bit_exact(toy_voc, tmp_path):
     """SIGKILL before iteration 5 (last checkpoint at 3), resume with --resume in a fresh
     process: parameters, BCN estimates, optimizer, schedule and iteration equal an
     uninterrupted run's."""
-    from tests.seg.conftest import derived_config
+    from tests.seg.helpers import derived_config
 
     hooks = [dict(type="EstimateRateHook"), dict(type="ExactResumeHook")]
     options = {"train_cfg.max_iters": 8, "train_cfg.val_interval": 100,

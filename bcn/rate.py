@@ -1,0 +1,49 @@
+"""The estimate rate (Algorithm 1's r): set on a model, and made to follow the learning rate."""
+from torch import nn
+
+from .norm import BatchChannelNorm2d, EstimateBatchNorm2d
+
+
+def estimate_layers(model: nn.Module):
+    return [m for m in model.modules() if isinstance(m, EstimateBatchNorm2d)]
+
+
+def set_estimate_rate(model: nn.Module, rate: float) -> int:
+    """Set the update rate r of every estimate-mode BCN layer (the paper: r = current lr).
+    Returns how many layers were set."""
+    layers = estimate_layers(model)
+    for layer in layers:
+        layer.set_rate(rate)
+    return len(layers)
+
+
+def bcn_param_group(model: nn.Module, optimizer) -> int:
+    """Index of the first optimizer parameter group holding a BCN parameter (groups may differ,
+    e.g. with a bias lr factor); 0 if BCN trains nothing."""
+    ids = {id(p) for m in model.modules() if isinstance(m, BatchChannelNorm2d)
+           for p in m.parameters()}
+    for index, group in enumerate(optimizer.param_groups):
+        if any(id(p) in ids for p in group["params"]):
+            return index
+    return 0
+
+
+def bcn_learning_rate(model: nn.Module, optimizer) -> float:
+    """The current learning rate of BCN's trainable parameters: the paper's estimate rate."""
+    return optimizer.param_groups[bcn_param_group(model, optimizer)]["lr"]
+
+
+class EstimateRateFollower:
+    """What the frameworks' EstimateRateHook call every iteration: set every estimate layer's
+    rate to the current learning rate of BCN's parameter group. The layers and the group are
+    looked up once, not at every iteration."""
+
+    def __init__(self, model: nn.Module, optimizer):
+        self.layers = estimate_layers(model)
+        self.optimizer = optimizer
+        self.group = bcn_param_group(model, optimizer)
+
+    def __call__(self) -> None:
+        rate = self.optimizer.param_groups[self.group]["lr"]
+        for layer in self.layers:
+            layer.set_rate(rate)
