@@ -9,6 +9,8 @@ from detectron2.modeling.backbone.resnet import ResNet
 
 from bcn.pretrained import CheckpointError, canonicalize, check_readable, match_state_dict
 
+from .compat import forget_failed_load
+
 _RENAMES = [  # canonical (torchvision) -> detectron2 ResNet
     (r"^conv1\.", "stem.conv1."),
     (r"^bn1\.", "stem.conv1.norm."),
@@ -44,6 +46,12 @@ class BCNCheckpointer(DetectionCheckpointer):
     MODEL.WEIGHTS: they fill the model's ResNet exactly -- a missing, extra or mis-shaped
     backbone tensor is an error naming it -- and everything else (FPN, heads) starts from its
     initialization. An estimate-mode model's estimates start from the BatchNorm statistics."""
+
+    def load(self, path, *args, **kwargs):
+        try:
+            return super().load(path, *args, **kwargs)
+        finally:
+            forget_failed_load(self)
 
     def _load_file(self, filename):
         if filename.endswith((".pth", ".tar")):

@@ -1,8 +1,17 @@
 """Workarounds for detectron2's quirks, each with its reason and the versions it is for.
 
-All of them concern detectron2 0.6 (the last release, and the PyPI republish
-pb1-detectron2==0.6) and are still present in its main branch as of 2024. Delete each when
-upstream fixes it.
+Checked against detectron2 0.6 (the last release; the PyPI republish pb1-detectron2==0.6) and
+its main branch at 02b5c4e (2026-06-06), which still reports version 0.6: where main has the
+facility, it is detected and used. Delete each when the oldest supported detectron2 has it.
+
+- ``launch``: 0.6 asserts CUDA and hard-codes NCCL; main runs CPU processes over gloo.
+- ``allow_cpu_ddp``: create_ddp_model passes device_ids for CPU modules (0.6 and main).
+- ``OptimizerStateInCheckpoints``: 0.6's DefaultTrainer saves no optimizer state (main does).
+- ``data_loader_iterator``: 0.6 and main name SimpleTrainer's iterator differently.
+- ``forget_failed_load``: main's DetectionCheckpointer.load stays "inside a load" after one
+  fails, and the next load on it fails with a bare AssertionError (0.6 has no such state).
+- ``has_fast_coco_eval``: 0.6's COCOEvaluator fails without the C++ COCOeval_opt (main falls
+  back to pycocotools itself).
 """
 import datetime
 import functools
@@ -14,8 +23,9 @@ import torch.multiprocessing as mp
 
 def has_fast_coco_eval() -> bool:
     """Whether detectron2 was built with its C++ ops (COCOeval_opt). The build of
-    scripts/build_detectron2.py has none: COCOEvaluator must then use pycocotools
-    (``use_fast_impl=False``), otherwise it fails at the end of evaluation."""
+    scripts/build_detectron2.py has none: detectron2 0.6's COCOEvaluator must then be told to
+    use pycocotools (``use_fast_impl=False``), or it fails at the end of evaluation; main falls
+    back by itself, and the flag changes nothing there."""
     from detectron2 import _C
 
     return not getattr(_C, "IS_CPU_STAND_IN", False) and hasattr(_C, "COCOevalAccumulate")
@@ -25,14 +35,15 @@ def launch(main_func, num_processes, num_machines=1, machine_rank=0, dist_url=No
            timeout=datetime.timedelta(minutes=30)):
     """detectron2.engine.launch, also for CPU processes.
 
-    detectron2's launch (0.6 .. main) asserts CUDA and hard-codes NCCL. With CUDA this calls
-    it unchanged; without, it starts ``num_processes`` processes per machine joined by a gloo
-    process group through the same torch.distributed rendezvous (``dist_url``, multi-node too).
+    detectron2 0.6's launch asserts CUDA and hard-codes NCCL. With CUDA, or with a detectron2
+    whose launch runs CPU processes itself (main), this calls it unchanged; otherwise it starts
+    ``num_processes`` processes per machine joined by a gloo process group through the same
+    torch.distributed rendezvous (``dist_url``, multi-node too).
     """
     from detectron2.engine import launch as d2_launch
     from detectron2.engine.launch import _find_free_port
 
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() or _upstream_launch_runs_cpu():
         return d2_launch(main_func, num_processes, num_machines, machine_rank, dist_url,
                          args=args, timeout=timeout)
     world_size = num_processes * num_machines
@@ -45,6 +56,15 @@ def launch(main_func, num_processes, num_machines=1, machine_rank=0, dist_url=No
     mp.start_processes(_cpu_worker, nprocs=num_processes, start_method="spawn", daemon=False,
                        args=(main_func, world_size, num_processes, machine_rank, dist_url, args,
                              timeout))
+
+
+def _upstream_launch_runs_cpu() -> bool:
+    """Whether detectron2's own launch starts CPU processes (gloo): main's does."""
+    import importlib
+    import inspect
+
+    module = importlib.import_module("detectron2.engine.launch")  # (the package exports a function of that name)
+    return "GLOO" in inspect.getsource(module._distributed_worker).upper()
 
 
 def _cpu_worker(local_rank, main_func, world_size, num_processes, machine_rank, dist_url, args,
@@ -65,6 +85,13 @@ def _cpu_worker(local_rank, main_func, world_size, num_processes, machine_rank, 
         main_func(*args)
     finally:
         dist.destroy_process_group()
+
+
+def forget_failed_load(checkpointer) -> None:
+    """After a failed DetectionCheckpointer.load (main sets ``_parsed_url_during_load`` with no
+    try/finally), the checkpointer would believe it is still inside that load."""
+    if getattr(checkpointer, "_parsed_url_during_load", None) is not None:
+        checkpointer._parsed_url_during_load = None
 
 
 def allow_cpu_ddp() -> None:

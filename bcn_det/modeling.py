@@ -62,8 +62,9 @@ def norm_spec(cfg, key: str):
         get_norm(name, 32)
     except KeyError:
         raise ValueError(
-            f"{key}={name!r} is not a known norm: use 'BCN' or one of detectron2's "
-            "('', 'BN', 'SyncBN', 'FrozenBN', 'GN', 'nnSyncBN', 'naiveSyncBN')") from None
+            f"{key}={name!r} is not a known norm: use 'BCN' or one of detectron2's get_norm "
+            "names ('', 'BN', 'SyncBN', 'FrozenBN', 'GN', 'nnSyncBN', 'naiveSyncBN', "
+            "'naiveSyncBN_N'; 'LN' on detectron2's main branch)") from None
     return name
 
 

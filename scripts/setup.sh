@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Creates .venv and installs the whole pinned stack plus this project (editable).
 # Idempotent: a second run only checks what is there. Usage: bash scripts/setup.sh
+# DETECTRON2_SOURCE=/path/to/detectron2 (a clone, e.g. of its main branch): build that one from
+# source, with its C++ ops, instead of the pinned v0.6 republish (replacing it in .venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -12,7 +14,15 @@ pip() {
 }
 pip install -c requirements/constraints.txt torch torchvision
 pip install -c requirements/constraints.txt -r requirements/stack.txt
-if ! .venv/bin/python -c "import detectron2" 2>/dev/null; then
+if [ -n "${DETECTRON2_SOURCE:-}" ]; then
+    source_dir=$(cd "$DETECTRON2_SOURCE" && pwd)
+    installed=$(.venv/bin/python -c "import detectron2, os; print(os.path.dirname(os.path.dirname(os.path.realpath(detectron2.__file__))))" 2>/dev/null || true)
+    if [ "$installed" != "$source_dir" ]; then
+        .venv/bin/python -m pip uninstall -y -q detectron2 2>/dev/null || true
+        # no pyproject.toml: pip must build it where torch is importable (no isolation)
+        pip install --no-deps --no-build-isolation --use-pep517 -e "$source_dir"
+    fi
+elif ! .venv/bin/python -c "import detectron2" 2>/dev/null; then
     .venv/bin/python scripts/build_detectron2.py .cache/detectron2
 fi
 pip install --no-deps --no-build-isolation -e .

@@ -140,3 +140,19 @@ def test_an_image_without_boxes_runs_through_the_bcn_heads(training):
     assert torch.isfinite(sum(losses.values()))
     assert all(torch.equal(v, before[k]) for k, v in mask_head.state_dict().items())
 
+
+def test_a_checkpointer_loads_again_after_a_failed_load(tmp_path):
+    """detectron2's main branch kept a checkpointer 'inside' a load that failed, and its next
+    load failed with a bare AssertionError (bcn_det.compat.forget_failed_load)."""
+    from bcn_det.checkpoint import BCNCheckpointer
+    from bcn.pretrained import CheckpointError
+
+    model = build_model(load_cfg(TOY_CONFIG, "MODEL.DEVICE", "cpu"))
+    checkpointer = BCNCheckpointer(model)
+    bad = tmp_path / "truncated.pth"
+    bad.write_bytes(b"PK\x03\x04 not a whole checkpoint")
+    with pytest.raises(CheckpointError, match="truncated.pth"):
+        checkpointer.load(str(bad))
+    good = tmp_path / "model.pth"
+    torch.save({"model": model.state_dict()}, good)
+    checkpointer.load(str(good))
