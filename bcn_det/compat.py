@@ -43,9 +43,12 @@ def launch(main_func, num_processes, num_machines=1, machine_rank=0, dist_url=No
     from detectron2.engine import launch as d2_launch
     from detectron2.engine.launch import _find_free_port
 
-    if torch.cuda.is_available() or _upstream_launch_runs_cpu():
+    if torch.cuda.is_available():
         return d2_launch(main_func, num_processes, num_machines, machine_rank, dist_url,
                          args=args, timeout=timeout)
+    if _upstream_launch_runs_cpu():
+        return d2_launch(_with_cpu_ddp, num_processes, num_machines, machine_rank, dist_url,
+                         args=(main_func, *args), timeout=timeout)
     world_size = num_processes * num_machines
     if world_size == 1:
         return main_func(*args)
@@ -56,6 +59,12 @@ def launch(main_func, num_processes, num_machines=1, machine_rank=0, dist_url=No
     mp.start_processes(_cpu_worker, nprocs=num_processes, start_method="spawn", daemon=False,
                        args=(main_func, world_size, num_processes, machine_rank, dist_url, args,
                              timeout))
+
+
+def _with_cpu_ddp(main_func, *args):
+    """main_func in a process of detectron2's own CPU launch, with CPU DDP allowed there."""
+    allow_cpu_ddp()
+    return main_func(*args)
 
 
 def _upstream_launch_runs_cpu() -> bool:

@@ -12,7 +12,7 @@ from detectron2.evaluation import COCOEvaluator
 from bcn.allocator import keep_freed_memory
 
 from .checkpoint import BCNCheckpointer
-from .compat import OptimizerStateInCheckpoints, allow_cpu_ddp, has_fast_coco_eval, launch
+from .compat import OptimizerStateInCheckpoints, has_fast_coco_eval, launch
 from .config import load_config
 from .hooks import EstimateRateHook, ExactResumeHook, StatDiffHook
 from .modeling import check_bcn_config
@@ -94,7 +94,6 @@ def check_datasets(cfg) -> None:
 
 
 def main(args):
-    allow_cpu_ddp()  # in every process: detectron2 main's own launch spawns CPU workers too
     cfg = setup(args)
     if cfg.MODEL.DEVICE == "cpu":
         keep_freed_memory()  # why: bcn/allocator.py
