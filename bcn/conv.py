@@ -11,6 +11,10 @@ def standardized(weight: torch.Tensor, eps: float = 1e-5, form: str = "eps_in_sq
     one weight per output channel), else bcn.functional.weight_standardize: same numerics
     (tests). Every WS convolution, in both adapters and in folding, standardizes through here."""
     if form == "eps_in_sqrt" and weight.numel() > weight.shape[0] and kernels.serves(weight):
+        if torch.compiler.is_compiling():  # the same kernel as an operator a graph can keep
+            from . import ops
+
+            return ops.standardized_weight(weight, eps)
         return fused.weight_standardization(weight, eps)
     return weight_standardize(weight, eps, form)
 

@@ -16,8 +16,8 @@ statistics are taken in float32 and the CPU path converts the map):
 
     | condition                                                        | runs      |
     |------------------------------------------------------------------|-----------|
-    | a graph is being recorded (torch.jit.trace, ONNX export,         | reference |
-    |   torch.compile): a kernel call is opaque to them                |           |
+    | torch.jit.trace / ONNX export records a graph: a kernel call is  | reference |
+    |   opaque to it                                                   |           |
     | impl "reference"; or the batch part is SyncBatchNorm, or         | reference |
     |   BatchNorm with momentum=None (cumulative averages)             |           |
     | CPU tensor, impl "auto"/"cpu", float32/float64, the parameters   | cpu       |
@@ -27,6 +27,11 @@ statistics are taken in float32 and the CPU path converts the map):
     |   bfloat16/float64; Triton importable; the first-use check on    |           |
     |   this (device, dtype) passed                                    |           |
     | otherwise                                                        | reference |
+
+While torch.compile or torch.export records a graph (dynamo), "cpu" and "triton" run as the
+operators of bcn.ops, which the graph keeps: the same kernels as in eager mode. Whether the
+kernels are ready is looked up in a dict that eager calls fill; a compiled first call finds it
+out once outside the graph.
 
 On the Triton path the map keeps its dtype under autocast (no float32 copy); the statistics
 are float32 or wider. Eval, and a batch part that a framework's ``norm_eval`` put in eval,
@@ -50,6 +55,7 @@ IMPLS = ("auto", "cpu", "triton", "reference")
 _DEPRECATED = {"fused": "auto"}
 _TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _triton_status = {}  # (device, dtype) -> True / False, after the first-use check
+_cpu_status = {}     # "cpu" -> whether the C++ kernels are built
 
 
 def requested(impl: str) -> str:
@@ -67,20 +73,40 @@ def requested(impl: str) -> str:
 def implementation(impl: str, x: torch.Tensor, batch_part: torch.nn.Module,
                    param_dtype: torch.dtype) -> str:
     """"cpu", "triton" or "reference" for this call (the module docstring's table)."""
-    if torch.jit.is_tracing() or torch.compiler.is_compiling() or impl == "reference":
+    if torch.jit.is_tracing() or impl == "reference":
         return "reference"
     if isinstance(batch_part, torch.nn.SyncBatchNorm) or getattr(batch_part, "momentum", 0.1) is None:
         return "reference"
     device = x.device.type
     dtype = torch.float32 if device == "cpu" and torch.is_autocast_enabled("cpu") else x.dtype
     if device == "cpu" and impl in ("auto", "cpu"):
-        if dtype in kernels.DTYPES and param_dtype == dtype and kernels.plane_ops() is not None:
+        if dtype in kernels.DTYPES and param_dtype == dtype and cpu_kernels_ready():
             return "cpu"
         return "reference"
     if (impl == "triton" or (impl == "auto" and device == "cuda")) and dtype in _TRITON_DTYPES:
-        if (device == "cuda" or (device == "cpu" and triton_interpreted())) and triton_ready(x.device, x.dtype):
+        if triton_ready(x.device, x.dtype):
             return "triton"
     return "reference"
+
+
+def cpu_kernels_ready() -> bool:
+    """Whether the C++ kernels are built (built on first use)."""
+    if "cpu" in _cpu_status:
+        return _cpu_status["cpu"]
+    return _outside_graph(_probe_cpu_kernels)
+
+
+def _outside_graph(probe, *args):
+    """Run a probe (a build, a check) as it is; while dynamo records a graph, outside it -- a
+    graph break, once: later calls find the result in the status dicts."""
+    if torch.compiler.is_compiling():
+        return torch.compiler.disable(probe)(*args)
+    return probe(*args)
+
+
+def _probe_cpu_kernels() -> bool:
+    _cpu_status["cpu"] = kernels.plane_ops() is not None
+    return _cpu_status["cpu"]
 
 
 def triton_interpreted() -> bool:
@@ -88,9 +114,19 @@ def triton_interpreted() -> bool:
 
 
 def triton_ready(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether Triton runs here: importable, and its first-use check on (device, dtype) passed."""
+    """Whether Triton runs here -- on CUDA, or on CPU tensors in its interpreter; importable,
+    and its first-use check on (device, dtype) passed."""
     key = (str(device), dtype)
-    if key not in _triton_status:
+    if key in _triton_status:
+        return _triton_status[key]
+    return _outside_graph(_probe_triton, device, dtype)
+
+
+def _probe_triton(device: torch.device, dtype: torch.dtype) -> bool:
+    key = (str(device), dtype)
+    if device.type != "cuda" and not (device.type == "cpu" and triton_interpreted()):
+        _triton_status[key] = False  # no device Triton runs on
+    else:
         try:
             from . import triton_norm
 

@@ -41,11 +41,14 @@ class KernelUnavailableWarning(UserWarning):
 
 def serves(x: torch.Tensor) -> bool:
     """Whether the kernels run this tensor (otherwise: the reference path). Never while
-    torch.jit.trace / ONNX export or torch.compile records a graph: a call into this extension
-    is opaque to them, and a trace would keep only its output allocation, not what it computed."""
-    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+    torch.jit.trace / ONNX export records a graph: a call into this extension is opaque to
+    them, and a trace would keep only its output allocation, not what it computed (under
+    torch.compile they run as bcn.ops operators)."""
+    if torch.jit.is_tracing():
         return False
-    return x.device.type == "cpu" and x.dtype in DTYPES and plane_ops() is not None
+    from .dispatch import cpu_kernels_ready
+
+    return x.device.type == "cpu" and x.dtype in DTYPES and cpu_kernels_ready()
 
 
 @functools.lru_cache(maxsize=None)

@@ -190,6 +190,13 @@ class BatchChannelNorm2d(nn.GroupNorm):
                  self._buffers["skipped_updates"])
         mode, update, rate = self._step1(pbn)
         scalars = _device_scalars(x.device, pbn.eps, pbn.momentum, self.eps)
+        if torch.compiler.is_compiling():  # the same kernels as an operator a graph can keep
+            from . import ops
+
+            out = ops.triton_forward(x, *params, self.num_groups, triton_norm.MODES[mode], update,
+                                     *state, scalars if rate is None else rate, scalars)
+            _commit(state, out[10:])
+            return out[0]
         try:
             return triton_norm.batch_channel_norm(x, self.num_groups, *params, mode, update, state,
                                                   scalars if rate is None else rate, scalars)
@@ -206,6 +213,8 @@ class BatchChannelNorm2d(nn.GroupNorm):
         state = (buffers["running_mean"], buffers["running_var"], buffers["num_batches_tracked"],
                  self._buffers["skipped_updates"])
         mode, update, rate = self._step1(pbn)
+        if torch.compiler.is_compiling():  # the same kernels as operators a graph can keep
+            return self._cpu_operators(x, pbn, params, state, mode, update, rate)
         if mode == "fixed":
             if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
                 # the training kernel with its estimates moved at rate 0: constants to autograd
@@ -215,6 +224,20 @@ class BatchChannelNorm2d(nn.GroupNorm):
         rate = float(rate) if mode == "estimate" else pbn.momentum
         return fused.batch_channel_norm_training(x, self.num_groups, *params, self.eps,
                                                  mode == "estimate", state, rate)
+
+    def _cpu_operators(self, x, pbn, params, state, mode, update, rate):
+        from . import ops
+
+        if mode == "fixed" and not (torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params))):
+            return ops.cpu_inference(x, state[0], state[1], *params, self.num_groups, self.eps)
+        if mode == "fixed":
+            rate = torch.zeros((), dtype=torch.float64)
+        elif mode == "batch":
+            rate = torch.full((), pbn.momentum, dtype=torch.float64)
+        out = ops.cpu_train_forward(x, mode != "batch", *state, rate, update, *params,
+                                    self.num_groups, self.eps)
+        _commit(state, out[5:])
+        return out[0]
 
     def _batch_part(self, x: torch.Tensor) -> torch.Tensor:
         """Step 1, with its running state protected: a batch with NaN/inf statistics leaves
@@ -305,6 +328,12 @@ class FrozenBatchChannelNorm2d(nn.Module):
 
             state = (pbn.running_mean, pbn.running_var, pbn.running_mean, pbn.running_mean)  # not updated
             scalars = _device_scalars(x.device, pbn.eps, 0.0, self.eps)
+            if torch.compiler.is_compiling():
+                from . import ops
+
+                return ops.triton_forward(x, pbn.weight, pbn.bias, self.weight, self.bias,
+                                          self.num_groups, triton_norm.MODES["fixed"], False,
+                                          *state, scalars, scalars)[0]
             try:
                 return triton_norm.batch_channel_norm(x, self.num_groups, pbn.weight, pbn.bias,
                                                       self.weight, self.bias, "fixed", False,
@@ -313,10 +342,22 @@ class FrozenBatchChannelNorm2d(nn.Module):
                 dispatch.triton_failed(x.device, x.dtype, "forward", error)
         elif impl == "cpu" and x.dtype == self.weight.dtype and not (torch.is_grad_enabled() and x.requires_grad):
             # Frozen stages (detectron2's FREEZE_AT) see no gradient: the inference kernel.
+            if torch.compiler.is_compiling():
+                from . import ops
+
+                return ops.cpu_inference(x, pbn.running_mean, pbn.running_var, pbn.weight, pbn.bias,
+                                         self.weight, self.bias, self.num_groups, self.eps)
             return fused.batch_channel_norm_inference(x, self.num_groups, pbn.weight, pbn.bias,
                                                       self.weight, self.bias, self.eps,
                                                       pbn.running_mean, pbn.running_var)
         return BF.group_normalize(pbn(x), self.num_groups, self.weight, self.bias, self.eps)
+
+
+def _commit(state, new_state) -> None:
+    """The running state an operator of bcn.ops returned (unchanged where it did not update)."""
+    with torch.no_grad():
+        for buffer, value in zip(state, new_state):
+            buffer.copy_(value)
 
 
 @functools.lru_cache(maxsize=64)

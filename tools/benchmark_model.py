@@ -150,7 +150,18 @@ def table(title, rows_):
               for name, ms, r, unit in rows_), ""]
 
 
-def mask_rcnn(depth, repeats, statdiff_period, size=None, device="cpu"):
+def with_compiled_backbones(models, compile_backbones):
+    """With --compile: copies of the GN and BCN+WS models whose backbone is torch.compile'd
+    (BCN's kernels run as bcn.ops operators there), as more candidates."""
+    if compile_backbones:
+        for name in ("GN", "BCN+WS"):
+            twin = copy.deepcopy(models[name])
+            twin.backbone = torch.compile(twin.backbone)
+            models[f"{name}, backbone compiled"] = twin
+    return models
+
+
+def mask_rcnn(depth, repeats, statdiff_period, size=None, device="cpu", compile_backbones=False):
     from detectron2.modeling import build_model
     from detectron2.utils.events import EventStorage
 
@@ -181,6 +192,7 @@ def mask_rcnn(depth, repeats, statdiff_period, size=None, device="cpu"):
     bcn_det.register_toy_coco(bcn_det.ensure_toy_coco(cfg.DATASETS.TOY_ROOT or None))
     batch = next(iter(build_detection_train_loader(cfg)))
     tracker = bcn.ChannelStatsTracker(models["BCN+WS"]) if statdiff_period else None
+    with_compiled_backbones(models, compile_backbones)
     head_rois = HeadRois(models)
 
     def loss_of(model, record=False):
@@ -239,7 +251,7 @@ class HeadRois:
         return "training, UNEQUAL work in the heads: " + ", ".join(f"{n} {t}" for n, t in took.items()) + " per iteration"
 
 
-def deeplabv3(depth, repeats, size=None, device="cpu"):
+def deeplabv3(depth, repeats, size=None, device="cpu", compile_backbones=False):
     import bcn_seg
     from mmengine.config import Config
     from mmengine.logging import MMLogger
@@ -254,6 +266,7 @@ def deeplabv3(depth, repeats, size=None, device="cpu"):
             cfg.merge_from_dict(dict(SEG_R50, **{"model.backbone.depth": depth}))
         torch.manual_seed(0)
         models[name] = bcn_seg.build_model(cfg.model).to(device)
+    with_compiled_backbones(models, compile_backbones)
     size, count = size or 96, 4
     torch.manual_seed(0)
     x = torch.randn(count, 3, size, size, device=device)
@@ -277,10 +290,10 @@ def deeplabv3(depth, repeats, size=None, device="cpu"):
 
 
 MODELS = {
-    "mask_rcnn_r18": lambda args: mask_rcnn(18, args.repeats, args.statdiff_period, args.size, args.device),
-    "mask_rcnn_r50": lambda args: mask_rcnn(50, args.repeats, 0, args.size, args.device),
-    "deeplabv3_r50": lambda args: deeplabv3(50, args.repeats, args.size, args.device),
-    "deeplabv3_r101": lambda args: deeplabv3(101, args.repeats, args.size, args.device),
+    "mask_rcnn_r18": lambda args: mask_rcnn(18, args.repeats, args.statdiff_period, args.size, args.device, args.compile),
+    "mask_rcnn_r50": lambda args: mask_rcnn(50, args.repeats, 0, args.size, args.device, args.compile),
+    "deeplabv3_r50": lambda args: deeplabv3(50, args.repeats, args.size, args.device, args.compile),
+    "deeplabv3_r101": lambda args: deeplabv3(101, args.repeats, args.size, args.device, args.compile),
 }
 DEFAULT_MODELS = "mask_rcnn_r18,mask_rcnn_r50,deeplabv3_r50"
 
@@ -293,6 +306,8 @@ def main(argv=None):
                              "(range) over runs -- one process can land anywhere in that range")
     parser.add_argument("--models", default=DEFAULT_MODELS, help=f"comma-separated, of {', '.join(MODELS)}")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--compile", action="store_true",
+                        help="also the GN and BCN+WS models with a torch.compile'd backbone")
     parser.add_argument("--statdiff-period", type=int, default=20)
     parser.add_argument("--size", type=int, default=None,
                         help="image size in px (default: the toy sizes, 128 for Mask R-CNN, 96 for DeepLabV3)")
@@ -331,6 +346,7 @@ def runs_in_fresh_processes(args):
     from the next one's); per row the times' median and every run's ratio."""
     child = ["--repeats", str(args.repeats), "--models", args.models, "--statdiff-period",
              str(args.statdiff_period), "--device", args.device, *(["--size", str(args.size)] if args.size else []),
+             *(["--compile"] if args.compile else []),
              *(["--malloc-defaults"] if args.malloc_defaults else [])]
     results = []
     with tempfile.TemporaryDirectory() as scratch:

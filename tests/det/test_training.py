@@ -125,3 +125,27 @@ def test_killed_and_resumed_run_ends_bit_exact(toy_root, tmp_path):
     momentum = [s["momentum_buffer"] for t in (a, b) for s in t["trainer"]["_trainer"]["optimizer"]["state"].values()]
     half = len(momentum) // 2
     assert half > 0 and all(torch.equal(x, y) for x, y in zip(momentum[:half], momentum[half:]))
+
+
+def test_a_compiled_backbone_trains_in_the_trainer(toy_cfg):
+    """torch.compile of the ResNet-FPN backbone (detectron2's whole model does not compile:
+    its polygon masks deep-copy numpy arrays inside the loss): one graph, no breaks, and BCN's
+    estimates move through the operators."""
+    import torch
+
+    from bcn_det.engine import Trainer
+
+    import bcn
+
+    trainer = Trainer(toy_cfg)
+    backbone = trainer.model.backbone
+    images = torch.randn(1, 3, 64, 64)
+    bcn.set_estimate_rate(backbone, 0.01)  # as EstimateRateHook does before every iteration
+    backbone(images)  # in eager mode, the kernels are found ready
+    explanation = torch._dynamo.explain(backbone)(images)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    before = backbone.bottom_up.stem.conv1.norm.pbn.running_mean.clone()
+    trainer.model.backbone = torch.compile(backbone)
+    trainer.train()
+    assert not torch.equal(before, backbone.bottom_up.stem.conv1.norm.pbn.running_mean)
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())

@@ -143,3 +143,19 @@ def test_killed_and_resumed_run_ends_bit_exact(toy_voc, tmp_path):
     for s1, s2 in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
         assert torch.equal(s1["momentum_buffer"], s2["momentum_buffer"])
     assert a["param_schedulers"] == b["param_schedulers"]
+
+
+def test_the_toy_model_trains_compiled(toy_options):
+    """mmengine's compile=True: BCN's kernels run as operators in the compiled graphs, and the
+    estimates still move (the operators return the new running state)."""
+    from mmengine.runner import Runner
+
+    from tests.seg.helpers import TOY_CONFIG, load_config
+
+    toy_options.update({"train_cfg.max_iters": 2, "train_cfg.val_interval": 100, "compile": True})
+    runner = Runner.from_cfg(load_config(TOY_CONFIG, **toy_options))
+    before = {k: v.clone() for k, v in runner.model.state_dict().items() if "pbn.running_mean" in k}
+    runner.train()
+    after = runner.model.state_dict()
+    assert all(not torch.equal(value, after[key]) for key, value in before.items())
+    assert all(torch.isfinite(p).all() for p in runner.model.parameters())
