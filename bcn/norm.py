@@ -168,6 +168,13 @@ class BatchChannelNorm2d(nn.GroupNorm):
             return self._cpu_kernels(x, pbn, params)
         return BF.group_normalize(self._batch_part(x), self.num_groups, params[2], params[3], self.eps)
 
+    def _state(self, pbn: nn.Module):
+        """Step 1's running state: (running_mean, running_var, num_batches_tracked,
+        skipped_updates)."""
+        buffers = pbn._buffers
+        return (buffers["running_mean"], buffers["running_var"], buffers["num_batches_tracked"],
+                self._buffers["skipped_updates"])
+
     def _step1(self, pbn: nn.Module):
         """(mode, update, rate) of step 1 in the kernels: "fixed" statistics in eval (or when a
         framework's norm_eval put only the batch part in eval), else the layer's mode."""
@@ -185,9 +192,7 @@ class BatchChannelNorm2d(nn.GroupNorm):
         None if they failed: the caller runs the reference path (nothing was updated)."""
         from . import triton_norm
 
-        buffers = pbn._buffers
-        state = (buffers["running_mean"], buffers["running_var"], buffers["num_batches_tracked"],
-                 self._buffers["skipped_updates"])
+        state = self._state(pbn)
         mode, update, rate = self._step1(pbn)
         scalars = _device_scalars(x.device, pbn.eps, pbn.momentum, self.eps)
         if torch.compiler.is_compiling():  # the same kernels as an operator a graph can keep
@@ -195,7 +200,8 @@ class BatchChannelNorm2d(nn.GroupNorm):
 
             out = ops.triton_forward(x, *params, self.num_groups, triton_norm.MODES[mode], update,
                                      *state, scalars if rate is None else rate, scalars)
-            _commit(state, out[10:])
+            if update:
+                _commit(state, out[10:])
             return out[0]
         try:
             return triton_norm.batch_channel_norm(x, self.num_groups, *params, mode, update, state,
@@ -209,14 +215,12 @@ class BatchChannelNorm2d(nn.GroupNorm):
         the reference path does -- BatchNorm's momentum and unbiased variance in batch mode,
         Algorithm 1 in estimate mode -- guarded against non-finite batches the same way.
         params: (pbn.weight, pbn.bias, weight, bias)."""
-        buffers = pbn._buffers
-        state = (buffers["running_mean"], buffers["running_var"], buffers["num_batches_tracked"],
-                 self._buffers["skipped_updates"])
+        state = self._state(pbn)
         mode, update, rate = self._step1(pbn)
         if torch.compiler.is_compiling():  # the same kernels as operators a graph can keep
             return self._cpu_operators(x, pbn, params, state, mode, update, rate)
         if mode == "fixed":
-            if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
+            if _needs_grad(x, params):
                 # the training kernel with its estimates moved at rate 0: constants to autograd
                 return fused.batch_channel_norm_training(x, self.num_groups, *params, self.eps, True,
                                                          state, 0.0, update=False)
@@ -226,17 +230,17 @@ class BatchChannelNorm2d(nn.GroupNorm):
                                                  mode == "estimate", state, rate)
 
     def _cpu_operators(self, x, pbn, params, state, mode, update, rate):
+        """_cpu_kernels' calls as bcn.ops operators (under torch.compile / torch.export)."""
         from . import ops
 
-        if mode == "fixed" and not (torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params))):
+        if mode == "fixed" and not _needs_grad(x, params):
             return ops.cpu_inference(x, state[0], state[1], *params, self.num_groups, self.eps)
-        if mode == "fixed":
-            rate = torch.zeros((), dtype=torch.float64)
-        elif mode == "batch":
-            rate = torch.full((), pbn.momentum, dtype=torch.float64)
+        if mode != "estimate":  # fixed: estimates moved at rate 0; batch: BatchNorm's momentum
+            rate = torch.full((), 0.0 if mode == "fixed" else pbn.momentum, dtype=torch.float64)
         out = ops.cpu_train_forward(x, mode != "batch", *state, rate, update, *params,
                                     self.num_groups, self.eps)
-        _commit(state, out[5:])
+        if update:
+            _commit(state, out[5:])
         return out[0]
 
     def _batch_part(self, x: torch.Tensor) -> torch.Tensor:
@@ -351,6 +355,10 @@ class FrozenBatchChannelNorm2d(nn.Module):
                                                       self.weight, self.bias, self.eps,
                                                       pbn.running_mean, pbn.running_var)
         return BF.group_normalize(pbn(x), self.num_groups, self.weight, self.bias, self.eps)
+
+
+def _needs_grad(x: torch.Tensor, params) -> bool:
+    return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params))
 
 
 def _commit(state, new_state) -> None:
