@@ -152,7 +152,10 @@ def test_the_toy_model_trains_compiled(toy_options):
 
     from tests.seg.helpers import TOY_CONFIG, load_config
 
-    toy_options.update({"train_cfg.max_iters": 2, "train_cfg.val_interval": 100, "compile": True})
+    # a visualizer of its own: mmseg's runtime names it 'visualizer', and mmengine hands an
+    # earlier in-process run's instance (writing into that run's, now deleted, work dir) back
+    toy_options.update({"train_cfg.max_iters": 2, "train_cfg.val_interval": 100, "compile": True,
+                        "visualizer.name": "compiled_run_visualizer"})
     runner = Runner.from_cfg(load_config(TOY_CONFIG, **toy_options))
     before = {k: v.clone() for k, v in runner.model.state_dict().items() if "pbn.running_mean" in k}
     runner.train()
