@@ -10,6 +10,7 @@ from detectron2.engine import DefaultTrainer, default_argument_parser, default_s
 from detectron2.evaluation import COCOEvaluator
 
 from bcn.allocator import keep_freed_memory
+from bcn.runs import refuse_to_overwrite
 
 from .checkpoint import BCNCheckpointer
 from .compat import OptimizerStateInCheckpoints, has_fast_coco_eval, launch
@@ -62,14 +63,8 @@ def setup(args):
 
 
 def check_output_dir(cfg, args) -> None:
-    """Never overwrite a run's checkpoints by accident."""
-    last = os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")
-    if not args.eval_only and not args.resume and not args.overwrite and os.path.exists(last):
-        with open(last) as f:
-            name = f.read().strip()
-        raise SystemExit(f"{cfg.OUTPUT_DIR} already holds a training run (last checkpoint {name}): "
-                         "pass --resume to continue it, --overwrite to start again over it, or "
-                         "choose another OUTPUT_DIR")
+    if not (args.eval_only or args.resume or args.overwrite):
+        refuse_to_overwrite(cfg.OUTPUT_DIR, "OUTPUT_DIR")
 
 
 def check_datasets(cfg) -> None:

@@ -6,12 +6,12 @@ and COCO JSON, loaded through detectron2's own load_coco_json and evaluated with
 """
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from bcn.runs import generate_once
 from bcn.toy_scenes import CLASSES, random_scene
 
 SPLITS = {"train": (96, 0), "val": (24, 1)}  # images, seed
@@ -51,19 +51,10 @@ def write_split(root: Path, split: str, num_images: int, seed: int) -> None:
 
 def ensure_toy_coco(root=None) -> Path:
     """Generate the dataset once (atomically: concurrent processes may race here)."""
-    root = Path(root or default_root())
-    if (root / "annotations" / "instances_val.json").exists():
-        return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".bcn_toy_coco.", dir=root.parent))
-    for split, (num_images, seed) in SPLITS.items():
-        write_split(staging, split, num_images, seed)
-    try:
-        staging.rename(root)
-    except OSError:  # another process finished first
-        import shutil
-        shutil.rmtree(staging, ignore_errors=True)
-    return root
+    def write(staging):
+        for split, (num_images, seed) in SPLITS.items():
+            write_split(staging, split, num_images, seed)
+    return generate_once(root or default_root(), "annotations/instances_val.json", write)
 
 
 def register_toy_coco(root=None) -> None:

@@ -11,6 +11,7 @@ import torch.distributed as dist
 from mmengine.config import Config, DictAction
 
 from bcn.allocator import keep_freed_memory
+from bcn.runs import refuse_to_overwrite
 
 from .registry import BCN_TYPES, CONV_TYPES
 
@@ -115,14 +116,8 @@ def _check_checkpoint(path: str) -> None:
 
 
 def check_work_dir(cfg, args) -> None:
-    """Never overwrite a run's checkpoints by accident."""
-    last = osp.join(cfg.work_dir, "last_checkpoint")
-    if osp.exists(last) and not args.resume and not args.overwrite:
-        with open(last) as f:
-            name = f.read().strip()
-        raise SystemExit(f"{cfg.work_dir} already holds a training run (last checkpoint {name}): "
-                         "pass --resume to continue it, --overwrite to start again over it, or "
-                         "choose another --work-dir")
+    if not (args.resume or args.overwrite):
+        refuse_to_overwrite(cfg.work_dir, "--work-dir")
 
 
 def check_config(cfg: Config, path: str = "config") -> None:

@@ -5,7 +5,6 @@ ImageSets/Segmentation/{train,val}.txt, generated once under ``$BCN_TOY_VOC`` (d
 data/bcn_toy_voc). ``ToyVOCDataset`` is mmseg's BaseSegDataset with the toy's classes.
 """
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,7 @@ from mmengine.registry import DATASETS
 from mmseg.datasets import BaseSegDataset
 from PIL import Image
 
+from bcn.runs import generate_once
 from bcn.toy_scenes import CLASSES, label_image, random_scene
 
 SPLITS = {"train": (64, 10), "val": (16, 11)}  # images, seed
@@ -25,11 +25,10 @@ def default_root() -> Path:
 
 def ensure_toy_voc(root=None) -> Path:
     """Generate the dataset once (atomically: concurrent processes may race here)."""
-    root = Path(root or default_root())
-    if (root / "ImageSets" / "Segmentation" / "val.txt").exists():
-        return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".bcn_toy_voc.", dir=root.parent))
+    return generate_once(root or default_root(), "ImageSets/Segmentation/val.txt", _write_toy_voc)
+
+
+def _write_toy_voc(staging: Path) -> None:
     for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
         (staging / sub).mkdir(parents=True)
     for split, (count, seed) in SPLITS.items():
@@ -41,12 +40,6 @@ def ensure_toy_voc(root=None) -> Path:
             Image.fromarray(label_image(objects, IMAGE_SIZE)).save(
                 staging / "SegmentationClass" / f"{name}.png")
         (staging / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("\n".join(names) + "\n")
-    try:
-        staging.rename(root)
-    except OSError:  # another process finished first
-        import shutil
-        shutil.rmtree(staging, ignore_errors=True)
-    return root
 
 
 @DATASETS.register_module(force=True)

@@ -27,7 +27,6 @@ import argparse
 import copy
 import json
 import math
-import random
 import statistics
 import subprocess
 import sys
@@ -40,6 +39,8 @@ import torch
 import bcn
 from bcn.allocator import keep_freed_memory
 
+import timing  # tools/timing.py
+
 DET_CONFIG = "configs/detectron2/toy/mask_rcnn_R18_FPN_{}_toy.yaml"
 SEG_CONFIG = "configs/mmseg/toy/deeplabv3_r18_{}_toy.py"
 DET_R50 = ["MODEL.RESNETS.DEPTH", "50", "MODEL.RESNETS.RES2_OUT_CHANNELS", "256"]
@@ -47,26 +48,9 @@ SEG_R50 = {"model.backbone.depth": 50, "model.decode_head.in_channels": 2048,
            "model.auxiliary_head.in_channels": 1024}
 
 
-def synchronize():
-    """Wait for the GPU's queued work (timings end when the work does, not its launch)."""
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.synchronize()
-
-
 def interleaved(candidates, repeats):
-    for fn in candidates.values():
-        fn()  # warm-up
-    times = {name: [] for name in candidates}
-    for _ in range(repeats):
-        order = list(candidates)
-        random.shuffle(order)
-        for name in order:
-            synchronize()
-            start = time.perf_counter()
-            candidates[name]()
-            synchronize()
-            times[name].append(time.perf_counter() - start)
-    return times
+    """{name: [seconds per repeat]} of plain callables (tools/timing.py)."""
+    return timing.interleaved({name: timing.timed(fn) for name, fn in candidates.items()}, repeats)
 
 
 LR = 0.001  # small enough that the toy models stay finite over a benchmark's iterations
@@ -88,11 +72,11 @@ def training_candidates(models, loss_of, extra=None):
             model.train()
             bcn.set_estimate_rate(model, LR)  # BCN's estimate rate follows the learning rate
             optimizer.zero_grad(set_to_none=True)
-            synchronize()
+            timing.synchronize()
             start = time.perf_counter()
             loss = loss_fn(model)
             loss.backward()
-            synchronize()
+            timing.synchronize()
             phases[name].append(time.perf_counter() - start)
             if not torch.isfinite(loss):
                 raise RuntimeError(f"{name}: the loss is not finite; the timings would not be representative")

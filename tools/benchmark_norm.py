@@ -22,8 +22,8 @@ a detection-sized map (34-69 MB) is mapped afresh and page-faulted in on every c
 candidate: that cost, larger than the normalization itself, then dominates every ratio.
 """
 import argparse
+import functools
 import math
-import random
 import statistics
 import time
 from pathlib import Path
@@ -33,6 +33,8 @@ from torch import nn
 
 import bcn
 from bcn.allocator import keep_freed_memory
+
+from timing import interleaved  # tools/timing.py
 
 SHAPES = [(1, 256, 200, 336), (2, 256, 100, 168), (4, 512, 32, 32), (1, 2048, 25, 42)]
 GPU_SHAPES = [(2, 256, 200, 336), (2, 256, 100, 168), (1, 2048, 25, 42), (512, 256, 7, 7), (128, 256, 14, 14)]
@@ -103,12 +105,8 @@ def bench(shape, training, dtype, device, repeats):
     # timed after the warm-up: a layer's first call (allocations, cold caches) is no estimate
     fastest = min(time_per_call(layer, x, grad, training, dtype, device) for layer in layers.values())
     calls = max(1, math.ceil(MIN_TIMING_S / fastest))
-    times = {name: [] for name in layers}
-    for _ in range(repeats):
-        order = list(layers)
-        random.shuffle(order)
-        for name in order:
-            times[name].append(time_per_call(layers[name], x, grad, training, dtype, device, calls))
+    times = interleaved({name: functools.partial(time_per_call, layer, x, grad, training, dtype, device, calls)
+                         for name, layer in layers.items()}, repeats, warm_up=False)
     ratios = {name: statistics.median(t / g for t, g in zip(times[name], times["GroupNorm"])) for name in layers}
     composition = times["BCN composition (reference)"]
     speedups = [statistics.median(c / f for c, f in zip(composition, times[name])) for name in KERNELS]

@@ -11,7 +11,6 @@ weight-sized tensors). Candidates run interleaved in a shuffled order within eac
 times are medians, ratios medians of per-repeat ratios.
 """
 import argparse
-import random
 import statistics
 import time
 from pathlib import Path
@@ -22,6 +21,8 @@ import torchvision
 import bcn
 from bcn.allocator import keep_freed_memory
 from bcn.functional import weight_standardize
+
+from timing import interleaved, timed  # tools/timing.py
 
 
 def conv_weights(arch):
@@ -62,27 +63,13 @@ def main(argv=None):
     kernel_fwd, kernel_bwd = forward_and_backward(bcn.conv.standardized, weights, grads)
     ref_fwd, ref_bwd = forward_and_backward(weight_standardize, weights, grads)
 
-    def timed(fn):
-        def run():
-            start = time.perf_counter()
-            fn()
-            return time.perf_counter() - start
-        return run
-
     candidates = {
         "forward, kernel": timed(kernel_fwd), "forward, reference (layer_norm)": timed(ref_fwd),
         "forward yardstick: clone": timed(lambda: [w.clone() for w in weights]),
         "backward, kernel": kernel_bwd, "backward, reference (layer_norm)": ref_bwd,
         "backward yardstick: add": timed(lambda: [torch.add(w, g) for w, g in zip(weights, grads)]),
     }
-    for run in candidates.values():
-        run()  # warm-up
-    times = {name: [] for name in candidates}
-    for _ in range(args.repeats):
-        order = list(candidates)
-        random.shuffle(order)
-        for name in order:
-            times[name].append(candidates[name]())
+    times = interleaved(candidates, args.repeats)
 
     def ratio(name, base):
         return statistics.median(a / b for a, b in zip(times[name], times[base]))
