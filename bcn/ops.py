@@ -199,8 +199,9 @@ def _triton_setup(ctx, inputs, output):
 def _triton_backward(ctx, grads):
     *saved, bn_weight, bn_bias, gamma, beta = ctx.saved_tensors
     dx, dbw, dbb, dgamma, dbeta = triton_backward(grads[0], saved, gamma, ctx.groups, ctx.mode)
-    return (dx, dbw.to(bn_weight.dtype), dbb.to(bn_bias.dtype), dgamma.view(gamma.shape).to(gamma.dtype),
-            dbeta.view(beta.shape).to(beta.dtype)) + (None,) * 9
+    from .triton_norm import as_parameter_gradients
+
+    return as_parameter_gradients(dx, (dbw, dbb, dgamma, dbeta), (bn_weight, bn_bias, gamma, beta)) + (None,) * 9
 
 
 triton_forward.register_autograd(_triton_backward, setup_context=_triton_setup)

@@ -35,9 +35,14 @@ class TritonBatchChannelNorm(torch.autograd.Function):
             dispatch.triton_failed(dy.device, saved[0].dtype, "backward", error)
             dx, dbw, dbb, dgw, dgb = _reference_backward(ctx, dy, saved, bn_weight, bn_bias,
                                                          gn_weight, gn_bias)
-        grads = (dx, dbw.to(bn_weight.dtype), dbb.to(bn_bias.dtype),
-                 dgw.view(gn_weight.shape).to(gn_weight.dtype), dgb.view(gn_bias.shape).to(gn_bias.dtype))
-        return grads + (None,) * 6
+        return as_parameter_gradients(dx, (dbw, dbb, dgw, dgb),
+                                      (bn_weight, bn_bias, gn_weight, gn_bias)) + (None,) * 6
+
+
+def as_parameter_gradients(dx, grads, params):
+    """(dx, then each parameter's gradient in its own shape and dtype): the kernels give them
+    flat, in float64."""
+    return (dx,) + tuple(g.view(p.shape).to(p.dtype) for g, p in zip(grads, params))
 
 
 def _reference_backward(ctx, dy, saved, bn_weight, bn_bias, gn_weight, gn_bias):
@@ -54,7 +59,7 @@ def _reference_backward(ctx, dy, saved, bn_weight, bn_bias, gn_weight, gn_bias):
         else:
             scale = (inv * bw.double()).to(dtype).view(1, -1, 1, 1)
             x1 = (xr.to(dtype) - mu.to(dtype).view(1, -1, 1, 1)) * scale + bb.to(dtype).view(1, -1, 1, 1)
-        n, c = x1.shape[:2]
+        n = x1.shape[0]
         z = F.group_norm(x1, ctx.groups, eps=gn_eps)
         if gw.dim() == 1:
             y = z * gw.to(dtype).view(1, -1, 1, 1) + gb.to(dtype).view(1, -1, 1, 1)
