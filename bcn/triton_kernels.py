@@ -60,6 +60,14 @@ def _group_block(C, G, D, BLOCK_D: tl.constexpr):
 
 
 @triton.jit
+def _sample_tile(n0, N, C, cs, cmask, BLOCK_N: tl.constexpr):
+    """Samples n0 .. n0 + BLOCK_N of channels ``cs`` in an (N, C) per-plane array: (which are
+    real, their indices)."""
+    ns = n0 + tl.arange(0, BLOCK_N)
+    return (ns < N)[:, None] & cmask[None, :], ns.to(tl.int64)[:, None] * C + cs[None, :]
+
+
+@triton.jit
 def _group_affine(w_ptr, cs, cmask, g, PER_CHANNEL: tl.constexpr):
     """Step 2's gamma or beta for a group's channels: one per channel, or the group's own."""
     if PER_CHANNEL:
@@ -113,18 +121,14 @@ def _channel_stats(mean_ptr, var_ptr, N, C, L, bn_w_ptr, bn_b_ptr, run_mean_ptr,
     else:
         total = tl.zeros([BLOCK_C], dtype=tl.float64)
         for n0 in range(0, N, BLOCK_N):
-            ns = n0 + tl.arange(0, BLOCK_N)
-            mask = (ns < N)[:, None] & cmask[None, :]
-            idx = ns.to(tl.int64)[:, None] * C + cs[None, :]
+            mask, idx = _sample_tile(n0, N, C, cs, cmask, BLOCK_N)
             total += tl.sum(tl.load(mean_ptr + idx, mask=mask, other=0.0), axis=0)
         batch_mean = total / N
         # BATCH: variance around the batch mean; ESTIMATE: around the OLD estimate (Alg. 1)
         center = batch_mean if MODE == 0 else run_mean
         spread = tl.zeros([BLOCK_C], dtype=tl.float64)
         for n0 in range(0, N, BLOCK_N):
-            ns = n0 + tl.arange(0, BLOCK_N)
-            mask = (ns < N)[:, None] & cmask[None, :]
-            idx = ns.to(tl.int64)[:, None] * C + cs[None, :]
+            mask, idx = _sample_tile(n0, N, C, cs, cmask, BLOCK_N)
             m = tl.load(mean_ptr + idx, mask=mask, other=0.0)
             v = tl.load(var_ptr + idx, mask=mask, other=0.0)
             d = tl.where(mask, m - center[None, :], 0.0)
@@ -307,9 +311,7 @@ def _channel_gradients(p_ptr, q_ptr, mean_ptr, c_m_ptr, c_dy_ptr, c_x_ptr, c_0_p
     sum_p = tl.zeros([BLOCK_C], dtype=tl.float64)
     sum_pq = tl.zeros([BLOCK_C], dtype=tl.float64)
     for n0 in range(0, N, BLOCK_N):
-        ns = n0 + tl.arange(0, BLOCK_N)
-        mask = (ns < N)[:, None] & cmask[None, :]
-        idx = ns.to(tl.int64)[:, None] * C + cs[None, :]
+        mask, idx = _sample_tile(n0, N, C, cs, cmask, BLOCK_N)
         p = tl.load(p_ptr + idx, mask=mask, other=0.0)
         q = tl.load(q_ptr + idx, mask=mask, other=0.0)
         m = tl.load(mean_ptr + idx, mask=mask, other=0.0)
@@ -321,9 +323,7 @@ def _channel_gradients(p_ptr, q_ptr, mean_ptr, c_m_ptr, c_dy_ptr, c_x_ptr, c_0_p
     k1 = sum_p / count
     k2 = sum_pq * inv / count                                     # mean(dx1 x^)
     for n0 in range(0, N, BLOCK_N):
-        ns = n0 + tl.arange(0, BLOCK_N)
-        mask = (ns < N)[:, None] & cmask[None, :]
-        idx = ns.to(tl.int64)[:, None] * C + cs[None, :]
+        mask, idx = _sample_tile(n0, N, C, cs, cmask, BLOCK_N)
         m = tl.load(mean_ptr + idx, mask=mask, other=0.0)
         c_dy = tl.load(c_dy_ptr + idx, mask=mask, other=0.0)
         c_x = tl.load(c_x_ptr + idx, mask=mask, other=0.0)
