@@ -1,6 +1,6 @@
-"""The training entry point behind tools/train_net.py: detectron2's DefaultTrainer with the
-estimate-rate hook, a COCO evaluator that works with or without detectron2's C++ ops, and the
-config checks of bcn_det."""
+"""The training entry point behind tools/train_net.py for YAML configs: detectron2's
+DefaultTrainer with the estimate-rate hook, a COCO evaluator that works with or without
+detectron2's C++ ops, and the config checks of bcn_det. LazyConfigs: bcn_det.lazy."""
 import logging
 import os
 import weakref
@@ -67,11 +67,11 @@ def check_output_dir(cfg, args) -> None:
         refuse_to_overwrite(cfg.OUTPUT_DIR, "OUTPUT_DIR")
 
 
-def check_datasets(cfg) -> None:
+def check_datasets(names) -> None:
     """A dataset whose files are missing fails here, naming them and the fix, before any work."""
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
-    for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
+    for name in names:
         if name not in DatasetCatalog.list():
             raise SystemExit(f"dataset {name!r} is not registered (known: e.g. coco_2017_train, "
                              "coco_2017_val, bcn_toy_coco_train)")
@@ -93,7 +93,7 @@ def main(args):
     if cfg.MODEL.DEVICE == "cpu":
         keep_freed_memory()  # why: bcn/allocator.py
     check_output_dir(cfg, args)
-    check_datasets(cfg)
+    check_datasets(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
     if args.eval_only:
         model = Trainer.build_model(cfg)
         BCNCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
@@ -115,6 +115,11 @@ def argument_parser():
 
 
 def run(argv=None):
+    """tools/train_net.py: a YAML config through this module, a LazyConfig (.py) through
+    bcn_det.lazy; the same options for both."""
+    from . import lazy
+
     args = argument_parser().parse_args(argv)
-    return launch(main, args.num_gpus, num_machines=args.num_machines,
+    entry = lazy.main if lazy.is_lazy_config(args.config_file) else main
+    return launch(entry, args.num_gpus, num_machines=args.num_machines,
                   machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))

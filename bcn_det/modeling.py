@@ -1,20 +1,26 @@
-"""Registered detectron2 builders that read NORM "BCN" and the WS switches from the config.
+"""BCN and WS in detectron2's models, for YAML configs and LazyConfigs alike.
 
-Each builder delegates the structure to detectron2 itself and only decides the norm and conv
-layers, so the models are detectron2's own. They accept every detectron2 norm name too, which
-is how the GN and GN+WS baselines are built by the same builders.
+YAML: registered builders that read NORM "BCN" and the WS switches from the config. Each
+delegates the structure to detectron2 itself and only decides the norm and conv layers, so the
+models are detectron2's own. They accept every detectron2 norm name too, which is how the GN
+and GN+WS baselines are built by the same builders.
+
+LazyConfig: the same pieces as callables a config can name and save -- BCNFactory (a norm),
+StandardizeConvs (the WS rule), BCNResNet / BCNFPN / the BCN heads (detectron2's classes with
+a ``ws`` argument and BCN-aware freezing). Both paths build through the same functions.
 """
 import torch
 from detectron2.config import configurable
 from detectron2.layers import Conv2d, get_norm
 from detectron2.modeling import BACKBONE_REGISTRY, ROI_BOX_HEAD_REGISTRY, ROI_MASK_HEAD_REGISTRY
-from detectron2.modeling.backbone.fpn import build_resnet_fpn_backbone
+from detectron2.modeling.backbone.fpn import FPN, build_resnet_fpn_backbone
 from detectron2.modeling.backbone.resnet import ResNet, build_resnet_backbone
 from detectron2.modeling.roi_heads.box_head import FastRCNNConvFCHead
 from detectron2.modeling.roi_heads.mask_head import MaskRCNNConvUpsampleHead
 
 import bcn
 from bcn.conv import standardized
+from bcn.functional import WS_FORMS
 
 NORM_KEYS = ("MODEL.RESNETS.NORM", "MODEL.FPN.NORM", "MODEL.ROI_BOX_HEAD.NORM",
              "MODEL.ROI_MASK_HEAD.NORM")
@@ -36,28 +42,48 @@ def lookup(cfg, key: str):
 
 
 class BCNFactory:
-    """``factory(channels)`` -> a BatchChannelNorm2d configured by cfg.MODEL.BCN; errors name
-    the config key the norm came from."""
+    """``factory(channels)`` -> a BatchChannelNorm2d with these settings: what detectron2's
+    ``get_norm`` calls when a norm is a callable. The YAML builders make one per section from
+    cfg.MODEL.BCN (``from_config``); a LazyConfig names it directly, and it saves and loads:
 
-    def __init__(self, cfg, key: str):
+        model.backbone.norm = L(BCNFactory)(num_groups=32, mode="estimate")
+
+    Settings are checked here, so a bad one fails before any layer is built; errors name
+    where the norm came from (``source``)."""
+
+    def __init__(self, num_groups: int = 32, mode: str = "estimate", affine: str = "group",
+                 eps: float = 1e-5, momentum: float = 0.1, impl: str = "auto",
+                 source: str = "BCNFactory"):
+        self.source = source
+        self.kwargs = dict(num_groups=num_groups, eps=eps, momentum=momentum, mode=mode,
+                           affine=affine, impl=impl)
+        try:
+            bcn.norm.check_bcn_args(num_groups, num_groups, mode, affine)
+            bcn.dispatch.requested(impl)
+        except ValueError as e:
+            raise ValueError(f"{source}: {e}") from None
+
+    @classmethod
+    def from_config(cls, cfg, key: str) -> "BCNFactory":
         o = cfg.MODEL.BCN
-        self.key = key
-        self.kwargs = dict(num_groups=o.NUM_GROUPS, eps=o.EPS, momentum=o.MOMENTUM,
-                           mode=o.MODE, affine=o.AFFINE, impl=o.IMPL)
-        bcn.norm.check_bcn_args(o.NUM_GROUPS, o.NUM_GROUPS, o.MODE, o.AFFINE)
+        return cls(o.NUM_GROUPS, o.MODE, o.AFFINE, o.EPS, o.MOMENTUM, o.IMPL,
+                   source=f"{key}='BCN' with MODEL.BCN settings")
 
     def __call__(self, channels: int) -> bcn.BatchChannelNorm2d:
         try:
             return bcn.BatchChannelNorm2d(channels, **self.kwargs)
         except ValueError as e:
-            raise ValueError(f"{self.key}='BCN' with MODEL.BCN settings: {e}") from None
+            raise ValueError(f"{self.source}: {e}") from None
+
+    def __repr__(self) -> str:
+        return "BCNFactory(" + ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items()) + ")"
 
 
 def norm_spec(cfg, key: str):
     """The config's norm name, checked: a BCNFactory for "BCN", else detectron2's own name."""
     name = lookup(cfg, key)
     if name == "BCN":
-        return BCNFactory(cfg, key)
+        return BCNFactory.from_config(cfg, key)
     try:
         get_norm(name, 32)
     except KeyError:
@@ -96,27 +122,51 @@ class WSConv2d(Conv2d):
         return x
 
 
-def ws_options(cfg):
-    return cfg.MODEL.WS.EPS, cfg.MODEL.WS.FORM
+class StandardizeConvs:
+    """``rule(module)``: every detectron2 Conv2d in ``module`` that is followed by a norm
+    becomes a WSConv2d (eps, form: bcn.conv.standardized). The one WS rule of both config
+    systems: the YAML builders apply it where a section's WS is true (``from_config``), a
+    LazyConfig passes it as ``ws`` to BCNResNet, BCNFPN and the BCN heads:
 
-
-def standardize_convs(module: torch.nn.Module, ws_eps: float, ws_form: str) -> torch.nn.Module:
-    """Turn every detectron2 Conv2d in ``module`` that is followed by a norm into a WSConv2d.
+        model.backbone.bottom_up.ws = L(StandardizeConvs)(eps=1e-5, form="eps_in_sqrt")
 
     The class is changed in place rather than the module replaced: detectron2 keeps convs in
     plain Python lists too (FPN's lateral/output convs, the heads' conv_norm_relus), which a
     replacement would leave pointing at the old modules.
     """
-    for m in module.modules():
-        if type(m) is Conv2d and m.norm is not None:
-            m.__class__ = WSConv2d
-            m.ws_eps, m.ws_form = ws_eps, ws_form
-    return module
+
+    def __init__(self, eps: float = 1e-5, form: str = "eps_in_sqrt"):
+        if form not in WS_FORMS:
+            raise ValueError(f"unknown weight-standardization form {form!r}; choose one of "
+                             f"{WS_FORMS}")
+        self.eps, self.form = eps, form
+
+    @classmethod
+    def from_config(cls, cfg) -> "StandardizeConvs":
+        return cls(cfg.MODEL.WS.EPS, cfg.MODEL.WS.FORM)
+
+    def __call__(self, module: torch.nn.Module) -> torch.nn.Module:
+        for m in module.modules():
+            if type(m) is Conv2d and m.norm is not None:
+                m.__class__ = WSConv2d
+                m.ws_eps, m.ws_form = self.eps, self.form
+        return module
+
+    def __repr__(self) -> str:
+        return f"StandardizeConvs(eps={self.eps!r}, form={self.form!r})"
+
+
+def ws_rule(ws) -> "StandardizeConvs | None":
+    """A ``ws`` argument, checked: None (no WS) or a StandardizeConvs."""
+    if ws is None or isinstance(ws, StandardizeConvs):
+        return ws
+    raise TypeError(f"ws={ws!r}: give None or a bcn_det.StandardizeConvs (in a LazyConfig: "
+                    "L(StandardizeConvs)(eps=1e-5, form='eps_in_sqrt'))")
 
 
 def freeze_resnet(resnet: ResNet, freeze_at: int) -> ResNet:
-    """ResNet.freeze, with BCN's own frozen variant in the frozen blocks (detectron2's freeze
-    knows BatchNorm only)."""
+    """ResNet.freeze, with BCN's own frozen variant in the frozen blocks: detectron2's freeze
+    knows BatchNorm only, and would turn the BatchNorm inside a BCN layer into FrozenBN."""
     parts = ([resnet.stem] if freeze_at >= 1 else []) + [
         block for idx, stage in enumerate(resnet.stages, start=2) if freeze_at >= idx
         for block in stage.children()]
@@ -124,6 +174,35 @@ def freeze_resnet(resnet: ResNet, freeze_at: int) -> ResNet:
         bcn.freeze_batch_channel_norm(part)
         part.freeze()
     return resnet
+
+
+class BCNResNet(ResNet):
+    """detectron2's ResNet (same arguments) that freezes BCN layers correctly and applies a WS
+    rule to its convs: the LazyConfig form of build_bcn_resnet_backbone."""
+
+    def __init__(self, stem, stages, num_classes=None, out_features=None, freeze_at=0, ws=None):
+        """ws: None or a StandardizeConvs for the stem's and the blocks' convs."""
+        super().__init__(stem, stages, num_classes, out_features, freeze_at=0)
+        rule = ws_rule(ws)
+        if rule is not None:
+            rule(self)
+        self.freeze(freeze_at)
+
+    def freeze(self, freeze_at=0):
+        return freeze_resnet(self, freeze_at)
+
+
+class BCNFPN(FPN):
+    """detectron2's FPN (same arguments) whose lateral and output convs follow a WS rule (the
+    bottom-up network keeps its own): the LazyConfig form of build_bcn_resnet_fpn_backbone."""
+
+    def __init__(self, *args, ws=None, **kwargs):
+        """ws: None or a StandardizeConvs for the lateral and output convs."""
+        super().__init__(*args, **kwargs)
+        rule = ws_rule(ws)
+        if rule is not None:
+            for conv in list(self.lateral_convs) + list(self.output_convs):
+                rule(conv)
 
 
 def _build_backbone(cfg, input_shape, d2_builder, with_fpn: bool):
@@ -146,11 +225,12 @@ def _build_backbone(cfg, input_shape, d2_builder, with_fpn: bool):
     if isinstance(fpn_norm, BCNFactory):
         for conv in fpn_convs:
             bcn.replace_batchnorm(conv, fpn_norm)
+    rule = StandardizeConvs.from_config(cfg)
     if cfg.MODEL.RESNETS.WS:
-        standardize_convs(resnet, *ws_options(cfg))
+        rule(resnet)
     if with_fpn and cfg.MODEL.FPN.WS:
         for conv in fpn_convs:
-            standardize_convs(conv, *ws_options(cfg))
+            rule(conv)
     freeze_resnet(resnet, cfg.MODEL.BACKBONE.FREEZE_AT)
     return backbone
 
@@ -168,21 +248,23 @@ def build_bcn_resnet_fpn_backbone(cfg, input_shape):
 
 
 def _head_with_bcn(base, section: str):
-    """A subclass of a detectron2 head whose conv norm and WS come from cfg.MODEL.<section>."""
+    """A subclass of a detectron2 head whose conv norm and WS come from cfg.MODEL.<section>
+    (YAML), or from its ``conv_norm`` and ``ws`` arguments (LazyConfig)."""
 
     class Head(base):
         @configurable
         def __init__(self, *args, ws=None, **kwargs):
-            """ws: (eps, form) of weight standardization for the convs, or None."""
+            """ws: None or a StandardizeConvs for the head's convs."""
             super().__init__(*args, **kwargs)
-            if ws is not None:
-                standardize_convs(self, *ws)
+            rule = ws_rule(ws)
+            if rule is not None:
+                rule(self)
 
         @classmethod
         def from_config(cls, cfg, input_shape):
             ret = super().from_config(cfg, input_shape)
             ret["conv_norm"] = norm_spec(cfg, f"MODEL.{section}.NORM")
-            ret["ws"] = ws_options(cfg) if cfg.MODEL[section].WS else None
+            ret["ws"] = StandardizeConvs.from_config(cfg) if cfg.MODEL[section].WS else None
             return ret
 
     Head.__name__ = Head.__qualname__ = "BCN" + base.__name__.replace("FastRCNN", "")
@@ -190,9 +272,10 @@ def _head_with_bcn(base, section: str):
     return Head
 
 
-BCNConvFCHead = ROI_BOX_HEAD_REGISTRY.register(_head_with_bcn(FastRCNNConvFCHead, "ROI_BOX_HEAD"))
-BCNMaskRCNNConvUpsampleHead = ROI_MASK_HEAD_REGISTRY.register(
-    _head_with_bcn(MaskRCNNConvUpsampleHead, "ROI_MASK_HEAD"))
+BCNConvFCHead = _head_with_bcn(FastRCNNConvFCHead, "ROI_BOX_HEAD")
+BCNMaskRCNNConvUpsampleHead = _head_with_bcn(MaskRCNNConvUpsampleHead, "ROI_MASK_HEAD")
+ROI_BOX_HEAD_REGISTRY.register(BCNConvFCHead)  # (register(obj) returns None)
+ROI_MASK_HEAD_REGISTRY.register(BCNMaskRCNNConvUpsampleHead)
 
 
 @torch.no_grad()
