@@ -17,12 +17,14 @@ recorded by dynamo (torch.compile, torch.export).
     bcn::cpu_inference                                  the C++ eval kernel (no autograd)
     bcn::ws_forward / bcn::ws_backward                  weight standardization (C++)
     bcn::triton_forward / bcn::triton_backward          the Triton kernels, every mode
+                                                        (triton_ops: inductor sees the launches)
 """
 from typing import List, Tuple
 
 import torch
 from torch import Tensor
 
+from .dispatch import triton_interpreted
 from .kernels import plane_ops
 
 
@@ -144,8 +146,17 @@ def standardized_weight(weight: Tensor, eps: float) -> Tensor:
 
 
 # --- Triton kernels -------------------------------------------------------------------------
+# With compiled Triton these are triton_ops: their body (bcn.triton_kernels' launchers, each
+# launch through wrap_triton) is their fake implementation, and under torch.compile inductor
+# sees the kernel launches themselves. Triton's interpreter (TRITON_INTERPRET=1, the CPU test
+# runs) runs kernels on real data only, so there they are custom_ops around the same launchers
+# with fake implementations of their own.
 
-@torch.library.custom_op("bcn::triton_forward", mutates_args=())
+_TRACEABLE = not triton_interpreted()
+_triton_operator = torch.library.triton_op if _TRACEABLE else torch.library.custom_op
+
+
+@_triton_operator("bcn::triton_forward", mutates_args=())
 def triton_forward(x: Tensor, bn_weight: Tensor, bn_bias: Tensor, gamma: Tensor, beta: Tensor,
                    groups: int, mode: int, update: bool, running_mean: Tensor, running_var: Tensor,
                    tracked: Tensor, skipped: Tensor, rate: Tensor, scalars: Tensor) -> List[Tensor]:
@@ -155,13 +166,12 @@ def triton_forward(x: Tensor, bn_weight: Tensor, bn_bias: Tensor, gamma: Tensor,
 
     state = _fresh(running_mean, running_var, tracked, skipped)
     y, saved = triton_kernels.forward(x, groups, bn_weight, bn_bias, gamma, beta, *state, rate,
-                                      scalars, mode, update)
+                                      scalars, mode, update, traceable=_TRACEABLE)
     return [y] + list(saved[1:]) + state
 
 
-@triton_forward.register_fake
-def _(x, bn_weight, bn_bias, gamma, beta, groups, mode, update, running_mean, running_var,
-      tracked, skipped, rate, scalars):
+def _triton_forward_fake(x, bn_weight, bn_bias, gamma, beta, groups, mode, update, running_mean,
+                         running_var, tracked, skipped, rate, scalars):
     n, c = x.shape[:2]
     f64 = dict(dtype=torch.float64)
     coef = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -172,22 +182,27 @@ def _(x, bn_weight, bn_bias, gamma, beta, groups, mode, update, running_mean, ru
         [torch.empty_like(t) for t in (running_mean, running_var, tracked, skipped)]
 
 
-@torch.library.custom_op("bcn::triton_backward", mutates_args=())
+@_triton_operator("bcn::triton_backward", mutates_args=())
 def triton_backward(grad: Tensor, saved: List[Tensor], gamma: Tensor, groups: int,
                     mode: int) -> List[Tensor]:
     from . import triton_kernels
 
-    return list(triton_kernels.backward(grad, tuple(saved), groups, gamma, mode))
+    return list(triton_kernels.backward(grad, tuple(saved), groups, gamma, mode,
+                                        traceable=_TRACEABLE))
 
 
-@triton_backward.register_fake
-def _(grad, saved, gamma, groups, mode):
+def _triton_backward_fake(grad, saved, gamma, groups, mode):
     x = saved[0]
     c = x.shape[1]
     f64 = dict(dtype=torch.float64)
     shares = c if gamma.dim() == 1 else groups
     return [torch.empty_like(x), x.new_empty(c, **f64), x.new_empty(c, **f64),
             x.new_empty(shares, **f64), x.new_empty(shares, **f64)]
+
+
+if not _TRACEABLE:
+    triton_forward.register_fake(_triton_forward_fake)
+    triton_backward.register_fake(_triton_backward_fake)
 
 
 def _triton_setup(ctx, inputs, output):

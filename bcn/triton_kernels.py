@@ -365,12 +365,20 @@ def _compute_dtype(x: torch.Tensor):
     return (tl.float64, torch.float64) if x.dtype == torch.float64 else (tl.float32, torch.float32)
 
 
+def _launcher(traceable: bool):
+    """How a kernel is called: through torch.library.wrap_triton inside bcn's operators (so
+    torch.compile and torch.export trace the launches into their graphs), directly in eager
+    mode (no tracing machinery per launch)."""
+    return torch.library.wrap_triton if traceable else (lambda kernel: kernel)
+
+
 def forward(x, groups, bn_weight, bn_bias, gn_weight, gn_bias, running_mean, running_var,
-            tracked, skipped, rate, scalars, mode, update):
+            tracked, skipped, rate, scalars, mode, update, traceable=False):
     """y, and the tensors backward needs. gn_weight / gn_bias: (1, G, 1) per group or (C,) per
     channel; scalars: float64 (bn_eps, momentum, gn_eps) on x's device; rate: the estimate rate
     (a one-element tensor on x's device). ``update`` (modes BATCH, ESTIMATE): move the running
     state, committed last, after every other kernel has run."""
+    run = _launcher(traceable)
     x, strides = _layout(x)
     n, c, h, w = x.shape
     length, planes, d = h * w, n * c, c // groups
@@ -378,33 +386,34 @@ def forward(x, groups, bn_weight, bn_bias, gn_weight, gn_bias, running_mean, run
     f64 = dict(dtype=torch.float64, device=x.device)
     mean, var = torch.empty(planes, **f64), torch.empty(planes, **f64)
     tiles, grid = _plane_tiles(planes, length)
-    _plane_moments[grid](x, mean, var, planes, c, length, *strides, COMPUTE=compute, **tiles)
+    run(_plane_moments)[grid](x, mean, var, planes, c, length, *strides, COMPUTE=compute, **tiles)
     a, b, mu, inv, new_mean, new_var = (torch.empty(c, **f64) for _ in range(6))
     ctiles, cgrid = _channel_tiles(n, c)
     flags = torch.zeros(cgrid[0], dtype=torch.int32, device=x.device)
-    _channel_stats[cgrid](mean, var, n, c, length, bn_weight, bn_bias, running_mean, running_var,
-                          scalars, rate, a, b, mu, inv, new_mean, new_var, flags, MODE=mode,
-                          UPDATE=update, **ctiles)
+    run(_channel_stats)[cgrid](mean, var, n, c, length, bn_weight, bn_bias, running_mean, running_var,
+                               scalars, rate, a, b, mu, inv, new_mean, new_var, flags, MODE=mode,
+                               UPDATE=update, **ctiles)
     coef_a = torch.empty(planes, dtype=coef_dtype, device=x.device)
     coef_m, coef_k = torch.empty_like(coef_a), torch.empty_like(coef_a)
     mu_g, rstd_g = torch.empty(n * groups, **f64), torch.empty(n * groups, **f64)
-    _group_coefficients[(n * groups,)](mean, var, a, b, gn_weight, gn_bias, scalars, coef_a,
-                                       coef_m, coef_k, mu_g, rstd_g, c, groups, d,
-                                       PER_CHANNEL_AFFINE=gn_weight.dim() == 1,
-                                       BLOCK_D=triton.next_power_of_2(d))
+    run(_group_coefficients)[(n * groups,)](mean, var, a, b, gn_weight, gn_bias, scalars, coef_a,
+                                            coef_m, coef_k, mu_g, rstd_g, c, groups, d,
+                                            PER_CHANNEL_AFFINE=gn_weight.dim() == 1,
+                                            BLOCK_D=triton.next_power_of_2(d))
     y = torch.empty_like(x)
-    _apply[grid](x, x, y, coef_a, coef_m, coef_k, coef_a, planes, c, length, *strides,
-                 HAS_DY=False, COMPUTE=compute, **tiles)
+    run(_apply)[grid](x, x, y, coef_a, coef_m, coef_k, coef_a, planes, c, length, *strides,
+                      HAS_DY=False, COMPUTE=compute, **tiles)
     if update:
-        _commit_running_state[(1,)](new_mean, new_var, flags, cgrid[0], running_mean, running_var,
-                                    tracked, skipped, c, BLOCK_F=triton.next_power_of_2(cgrid[0]),
-                                    BLOCK_C=min(triton.next_power_of_2(c), 1024))
+        run(_commit_running_state)[(1,)](new_mean, new_var, flags, cgrid[0], running_mean, running_var,
+                                         tracked, skipped, c, BLOCK_F=triton.next_power_of_2(cgrid[0]),
+                                         BLOCK_C=min(triton.next_power_of_2(c), 1024))
     return y, (x, mean, var, coef_m, a, b, mu, inv, mu_g, rstd_g)
 
 
-def backward(dy, saved, groups, gn_weight, mode):
+def backward(dy, saved, groups, gn_weight, mode, traceable=False):
     """(dx, d bn_weight, d bn_bias, d gn_weight, d gn_bias); parameter gradients in float64,
     gn's flat ((G,) or (C,))."""
+    run = _launcher(traceable)
     x, mean, var, coef_m, a, b, mu, inv, mu_g, rstd_g = saved
     x, strides = _layout(x)
     channels_last = strides[1] == 1 and strides[2] != 1
@@ -415,23 +424,23 @@ def backward(dy, saved, groups, gn_weight, mode):
     f64 = dict(dtype=torch.float64, device=x.device)
     s, t = torch.empty(planes, **f64), torch.empty(planes, **f64)
     tiles, grid = _plane_tiles(planes, length)
-    _plane_gradient_sums[grid](x, dy, coef_m, s, t, planes, c, length, *strides, COMPUTE=compute,
-                               **tiles)
+    run(_plane_gradient_sums)[grid](x, dy, coef_m, s, t, planes, c, length, *strides, COMPUTE=compute,
+                                    **tiles)
     c_dy, c_x, c_0, p, q = (torch.empty(planes, **f64) for _ in range(5))
     per_channel = gn_weight.dim() == 1
     shares = planes if per_channel else n * groups
     dgamma, dbeta = torch.empty(shares, **f64), torch.empty(shares, **f64)
-    _group_gradients[(n * groups,)](s, t, mean, var, coef_m, a, b, gn_weight, mu_g, rstd_g, c_dy,
-                                    c_x, c_0, p, q, dgamma, dbeta, c, groups, d, length,
-                                    PER_CHANNEL_AFFINE=per_channel,
-                                    BLOCK_D=triton.next_power_of_2(d))
+    run(_group_gradients)[(n * groups,)](s, t, mean, var, coef_m, a, b, gn_weight, mu_g, rstd_g, c_dy,
+                                         c_x, c_0, p, q, dgamma, dbeta, c, groups, d, length,
+                                         PER_CHANNEL_AFFINE=per_channel,
+                                         BLOCK_D=triton.next_power_of_2(d))
     k_dy = torch.empty(planes, dtype=coef_dtype, device=x.device)
     k_x, k_0 = torch.empty_like(k_dy), torch.empty_like(k_dy)
     dbn_w, dbn_b = torch.empty(c, **f64), torch.empty(c, **f64)
     ctiles, cgrid = _channel_tiles(n, c)
-    _channel_gradients[cgrid](p, q, mean, coef_m, c_dy, c_x, c_0, a, mu, inv, k_dy, k_x, k_0,
-                              dbn_w, dbn_b, n, c, length, MODE=mode, **ctiles)
+    run(_channel_gradients)[cgrid](p, q, mean, coef_m, c_dy, c_x, c_0, a, mu, inv, k_dy, k_x, k_0,
+                                   dbn_w, dbn_b, n, c, length, MODE=mode, **ctiles)
     dx = torch.empty_like(x)
-    _apply[grid](x, dy, dx, k_x, coef_m, k_0, k_dy, planes, c, length, *strides, HAS_DY=True,
-                 COMPUTE=compute, **tiles)
+    run(_apply)[grid](x, dy, dx, k_x, coef_m, k_0, k_dy, planes, c, length, *strides, HAS_DY=True,
+                      COMPUTE=compute, **tiles)
     return dx, dbn_w, dbn_b, dgamma.view(n, -1).sum(0), dbeta.view(n, -1).sum(0)

@@ -12,7 +12,11 @@ one GPU; writes one Markdown report.
 3. jobs: both toy main jobs on CUDA with mixed precision, their AP / mIoU next to the CPU
    runs', and one start through each framework's multi-GPU launcher (world size 1);
 4. models: training-iteration ratios BCN+WS / GN+WS / GN (tools/benchmark_model.py): Mask
-   R-CNN R50-FPN at 800 px, DeepLabV3 R101 at 513 px crops.
+   R-CNN R50-FPN at 800 px, DeepLabV3 R101 at 513 px crops;
+5. compile: torch.library.opcheck on the Triton operators (bcn.ops, triton_ops); a compiled
+   BCN+WS network against eager over three sizes in both modes (graph breaks, recompilations
+   next to GroupNorm's, the largest relative differences of outputs, gradients and running
+   state); one layer's training step compiled and eager, BCN and GroupNorm.
 
 A section that fails is reported with its error and the rest still run. Without CUDA it says
 so in one line and exits with status 2.
@@ -125,10 +129,119 @@ def models():
     return lines
 
 
+def _opcheck_triton_operators(device):
+    from bcn import ops
+
+    n, c, g = 2, 16, 8
+    x = torch.randn(n, c, 6, 7, device=device)
+    params = [torch.rand(c, device=device) + 0.5, torch.randn(c, device=device),
+              torch.rand(1, g, 1, device=device) + 0.5, torch.randn(1, g, 1, device=device)]
+    state = [torch.zeros(c, device=device), torch.ones(c, device=device),
+             torch.zeros((), dtype=torch.long, device=device), torch.zeros((), dtype=torch.long, device=device)]
+    rate = torch.tensor([0.01], device=device)
+    scalars = torch.tensor([1e-5, 0.1, 1e-5], dtype=torch.float64, device=device)
+    for mode in (0, 1):  # batch, estimate
+        args = (x.clone().requires_grad_(), *(p.clone().requires_grad_() for p in params), g, mode,
+                True, *state, rate, scalars)
+        torch.library.opcheck(ops.triton_forward, args)
+        saved = [x] + [o.detach() for o in ops.triton_forward(*args)[1:10]]
+        torch.library.opcheck(ops.triton_backward, (torch.randn_like(x), saved, params[2], g, mode))
+    return ["opcheck of bcn::triton_forward and bcn::triton_backward, batch and estimate mode: passed"]
+
+
+def _network(norm, mode, device):
+    from torch import nn
+
+    import bcn
+
+    def layer(channels, groups):
+        return bcn.BatchChannelNorm2d(channels, groups, mode=mode) if norm == "BCN+WS" else nn.GroupNorm(groups, channels)
+    conv = bcn.WSConv2d if norm == "BCN+WS" else nn.Conv2d
+    net = nn.Sequential(conv(3, 16, 3, padding=1, bias=False), layer(16, 4), nn.ReLU(),
+                        conv(16, 32, 3, padding=1, bias=False), layer(32, 8)).to(device)
+    bcn.set_estimate_rate(net, 0.01)
+    return net
+
+
+def _compiled_against_eager(device):
+    from torch._dynamo.utils import counters
+
+    def rel(a, b):
+        return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+    lines = ["| mode | graph breaks | graphs over 5 sizes (GroupNorm's) | output | gradients | running state |",
+             "|---|---|---|---|---|---|"]
+    sizes = ((12, 14), (10, 9), (16, 16), (20, 24), (7, 30))
+    for mode in ("batch", "estimate"):
+        graphs = {}
+        for norm in ("BCN+WS", "GN"):
+            torch._dynamo.reset()
+            counters.clear()
+            net = _network(norm, mode, device)
+            net(torch.randn(2, 3, 8, 8, device=device))  # in eager mode, the kernels are found ready
+            model = torch.compile(net)
+            for size in sizes:
+                model(torch.randn(2, 3, *size, device=device)).sum().backward()
+            graphs[norm] = counters["stats"]["unique_graphs"]
+        torch._dynamo.reset()
+        eager, same = _network("BCN+WS", mode, device), _network("BCN+WS", mode, device)
+        breaks = torch._dynamo.explain(same)(torch.randn(2, 3, 12, 14, device=device)).graph_break_count
+        same.load_state_dict(eager.state_dict())
+        compiled = torch.compile(same)
+        worst = dict(output=0.0, gradients=0.0, state=0.0)
+        for size in sizes[:3]:
+            x = torch.randn(2, 3, *size, device=device)
+            eager.zero_grad(), same.zero_grad()
+            ye, yc = eager(x), compiled(x)
+            grad = torch.randn_like(ye)  # (a loss like sum(y^2) has gradients that cancel)
+            ye.backward(grad), yc.backward(grad)
+            worst["output"] = max(worst["output"], rel(yc, ye))
+            for pe, pc in zip(eager.parameters(), same.parameters()):
+                worst["gradients"] = max(worst["gradients"], rel(pc.grad, pe.grad))
+            for be, bc in zip(eager.buffers(), same.buffers()):
+                if be.is_floating_point():
+                    worst["state"] = max(worst["state"], rel(bc, be))
+        lines.append(f"| {mode} | {breaks} | {graphs['BCN+WS']} ({graphs['GN']}) | {worst['output']:.1e} | "
+                     f"{worst['gradients']:.1e} | {worst['state']:.1e} |")
+    return lines
+
+
+def _layer_step_ratios(device, shape=(2, 256, 100, 168), repeats=15):
+    import statistics
+
+    from torch import nn
+
+    import bcn
+    from timing import interleaved, timed
+
+    x = torch.randn(*shape, device=device, requires_grad=True)
+    grad = torch.randn(*shape, device=device)
+    bcn_layer = bcn.BatchChannelNorm2d(shape[1], 32, mode="estimate").to(device)
+    bcn.set_estimate_rate(bcn_layer, 0.01)
+    candidates = {}
+    for name, layer in (("GroupNorm", nn.GroupNorm(32, shape[1]).to(device)), ("BCN", bcn_layer)):
+        for how, fn in (("eager", layer), ("compiled", torch.compile(layer))):
+            candidates[f"{how} {name}"] = timed(lambda fn=fn: fn(x).backward(grad))
+    times = interleaved(candidates, repeats)
+    lines = [f"One layer's training step at {'x'.join(map(str, shape))} (estimate mode), medians of "
+             f"per-repeat ratios to eager GroupNorm ({repeats} repeats, interleaved):", "",
+             "| candidate | ratio | median ms |", "|---|---|---|"]
+    for name, t in times.items():
+        ratio = statistics.median(a / b for a, b in zip(t, times["eager GroupNorm"]))
+        lines.append(f"| {name} | {ratio:.2f}x | {statistics.median(t) * 1e3:.2f} |")
+    return lines
+
+
+def compile_check(device="cuda"):
+    return (_opcheck_triton_operators(device) + [""] + _compiled_against_eager(device) + [""]
+            + _layer_step_ratios(device))
+
+
 SECTIONS = {"accuracy": ("Accuracy: the kernels on this GPU against the float64 reference", accuracy),
             "layers": ("Layers: tools/benchmark_norm.py's GPU tables", layers),
             "jobs": ("Toy main jobs on CUDA with mixed precision; the launchers", jobs),
-            "models": ("Models: training iterations, BCN+WS / GN+WS / GN", models)}
+            "models": ("Models: training iterations, BCN+WS / GN+WS / GN", models),
+            "compile": ("torch.compile with the Triton operators", compile_check)}
 
 
 def main(argv=None):
