@@ -2,18 +2,18 @@
 
 The detectron2 adapter (bcn_det) and the MMSegmentation adapter (bcn_seg) build on these.
 """
-from . import fold, functional, fused
+from . import cpu_norm, fold, functional
 from .conv import WSConv2d
 from .convert import convert_to_estimate_mode, freeze_batch_channel_norm, replace_batchnorm
 from .diagnostics import ChannelStatsTracker, statdiff
 from .nonfinite import SkippedUpdateReporter, skipped_updates
 from .norm import (AFFINES, MODES, BatchChannelNorm2d, EstimateBatchNorm2d,
-                   EstimateRateNotSetWarning, FrozenBatchChannelNorm2d, FrozenChannelNorm2d)
+                   EstimateRateNotSetWarning, FrozenBatchChannelNorm2d, FrozenBatchPart2d)
 from .rate import EstimateRateFollower, bcn_learning_rate, estimate_layers, set_estimate_rate
 
 __all__ = [
-    "functional", "fold", "fused", "WSConv2d", "BatchChannelNorm2d", "EstimateBatchNorm2d",
-    "FrozenBatchChannelNorm2d", "FrozenChannelNorm2d", "EstimateRateNotSetWarning", "MODES",
+    "functional", "fold", "cpu_norm", "WSConv2d", "BatchChannelNorm2d", "EstimateBatchNorm2d",
+    "FrozenBatchChannelNorm2d", "FrozenBatchPart2d", "EstimateRateNotSetWarning", "MODES",
     "AFFINES", "EstimateRateFollower", "SkippedUpdateReporter", "skipped_updates",
     "set_estimate_rate", "bcn_learning_rate", "estimate_layers", "convert_to_estimate_mode",
     "freeze_batch_channel_norm", "replace_batchnorm", "statdiff", "ChannelStatsTracker",

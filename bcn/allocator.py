@@ -4,20 +4,16 @@ Why: PyTorch's CPU tensors come from malloc. glibc serves every block above a th
 rising to at most 32 MiB as blocks are freed) with a fresh mmap and unmaps it again on free, and
 returns the top of its heap to the OS once 128 KiB or more is free there. A training iteration
 frees all of its activations and gradients, so the next one maps them again and takes a page
-fault, with the kernel zeroing the page, on every 4 KiB it touches. Measured (2 threads, torch
-2.14.1, glibc 2.36): the toy DeepLabV3 R50 GN model's iteration 295 -> 251 ms, the GN+WS
-model's 374 -> 269 ms (blocks below 32 MiB kept); nn.GroupNorm in eval on a (1, 256, 200, 336)
-map -- a 69 MB output, above any mmap threshold glibc accepts -- 20 -> 6 ms (no mmap at all):
-the page faults had cost more than the normalization itself.
+fault, with the kernel zeroing the page, on every 4 KiB it touches: on large maps the page
+faults can cost more than the normalization itself.
 
 `keep_freed_memory` asks glibc to serve every block from its heap and keep freed memory for
 reuse, from inside the process (MALLOC_MMAP_MAX_=0 / MALLOC_TRIM_THRESHOLD_ / MALLOC_TOP_PAD_
 in the environment do the same but must be set before Python starts). jemalloc or tcmalloc
 through LD_PRELOAD do the same job. The cost: the process keeps its peak heap instead of
-shrinking, and the heap settles a few iterations late -- a loop of one 64 MiB tensor at a time
-grew it by 384 MB before reuse began (posix_memalign'd blocks leave holes until neighbours
-coalesce); a clone, a product and a sum of a 16 MiB tensor per iteration, by 96 MB. Where the
-heap cannot grow (address space), glibc still falls back to mmap.
+shrinking, and the heap settles a few iterations late (posix_memalign'd blocks leave holes
+until neighbours coalesce). Where the heap cannot grow (address space), glibc still falls back
+to mmap.
 """
 import ctypes
 import sys

@@ -2,21 +2,21 @@
 import torch
 from torch import nn
 
-from . import fused, kernels
-from .functional import WS_FORMS, weight_standardize
+from . import cpu_kernels, cpu_norm, functional
+from .functional import WS_FORMS
 
 
-def standardized(weight: torch.Tensor, eps: float = 1e-5, form: str = "eps_in_sqrt") -> torch.Tensor:
+def standardize_weight(weight: torch.Tensor, eps: float = 1e-5, form: str = "eps_in_sqrt") -> torch.Tensor:
     """Eq. 9 on the CPU kernel where it applies (the published form, float32/float64, more than
-    one weight per output channel), else bcn.functional.weight_standardize: same numerics
+    one weight per output channel), else bcn.functional.standardize_weight: same numerics
     (tests). Every WS convolution, in both adapters and in folding, standardizes through here."""
-    if form == "eps_in_sqrt" and weight.numel() > weight.shape[0] and kernels.serves(weight):
+    if form == "eps_in_sqrt" and weight.numel() > weight.shape[0] and cpu_kernels.serves(weight):
         if torch.compiler.is_compiling():  # the same kernel as an operator a graph can keep
             from . import ops
 
-            return ops.standardized_weight(weight, eps)
-        return fused.weight_standardization(weight, eps)
-    return weight_standardize(weight, eps, form)
+            return ops.standardize_weight(weight, eps)
+        return cpu_norm.standardize_weight(weight, eps)
+    return functional.standardize_weight(weight, eps, form)
 
 
 class WSConv2d(nn.Conv2d):
@@ -34,10 +34,10 @@ class WSConv2d(nn.Conv2d):
         self.ws_eps, self.ws_form = ws_eps, ws_form
 
     def standardized_weight(self) -> torch.Tensor:
-        return standardized(self.weight, self.ws_eps, self.ws_form)
+        return standardize_weight(self.weight, self.ws_eps, self.ws_form)
 
     def _conv_forward(self, x, weight, bias):
-        return super()._conv_forward(x, standardized(weight, self.ws_eps, self.ws_form), bias)
+        return super()._conv_forward(x, standardize_weight(weight, self.ws_eps, self.ws_form), bias)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", ws_eps={self.ws_eps}, ws_form={self.ws_form}"

@@ -4,7 +4,7 @@
 what a user may ask for, fixed at construction:
 
     "auto"       (default) the C++ kernels on the CPU, Triton on CUDA, the reference elsewhere
-    "cpu"        the C++ CPU kernels (bcn/csrc, bcn.fused) where they apply, else the reference
+    "cpu"        the C++ CPU kernels (bcn/csrc, bcn.cpu_norm) where they apply, else the reference
     "triton"     the Triton kernels (bcn.triton_kernels) where they apply -- on CUDA, and on
                  CPU tensors under TRITON_INTERPRET=1 (how the tests run them) -- else reference
     "reference"  the composition: the batch part's own forward, then F.group_norm and the
@@ -37,7 +37,7 @@ On the Triton path the map keeps its dtype under autocast (no float32 copy); the
 are float32 or wider. Eval, and a batch part that a framework's ``norm_eval`` put in eval,
 take step 1 from the running state ("fixed"), with gradients when autograd asks for them.
 The frozen variant follows the same table with the statistics fixed. Weight standardization
-runs the C++ kernel on the CPU and the reference elsewhere (bcn.conv.standardized): a layer's
+runs the C++ kernel on the CPU and the reference elsewhere (bcn.conv.standardize_weight): a layer's
 weights are small next to its activations.
 
 First use of Triton per (device, dtype) runs ``bcn.triton_norm.self_check``; a compile or
@@ -49,7 +49,7 @@ import warnings
 
 import torch
 
-from . import kernels
+from . import cpu_kernels
 
 IMPLS = ("auto", "cpu", "triton", "reference")
 _DEPRECATED = {"fused": "auto"}
@@ -80,7 +80,7 @@ def implementation(impl: str, x: torch.Tensor, batch_part: torch.nn.Module,
     device = x.device.type
     dtype = torch.float32 if device == "cpu" and torch.is_autocast_enabled("cpu") else x.dtype
     if device == "cpu" and impl in ("auto", "cpu"):
-        if dtype in kernels.DTYPES and param_dtype == dtype and cpu_kernels_ready():
+        if dtype in cpu_kernels.DTYPES and param_dtype == dtype and cpu_kernels_ready():
             return "cpu"
         return "reference"
     if (impl == "triton" or (impl == "auto" and device == "cuda")) and dtype in _TRITON_DTYPES:
@@ -105,7 +105,7 @@ def _outside_graph(probe, *args):
 
 
 def _probe_cpu_kernels() -> bool:
-    _cpu_status["cpu"] = kernels.plane_ops() is not None
+    _cpu_status["cpu"] = cpu_kernels.extension() is not None
     return _cpu_status["cpu"]
 
 
@@ -153,4 +153,4 @@ def _warn(device, dtype, where, problem) -> None:
         f"BCN's Triton kernels failed {where} on {device} {dtype} ({problem}). BCN runs its "
         "reference path there from now on: same results, slower. Please report it on this "
         "project's issue tracker with the report `python tools/gpu_check.py` writes.",
-        kernels.KernelUnavailableWarning, stacklevel=4)
+        cpu_kernels.KernelUnavailableWarning, stacklevel=4)

@@ -12,7 +12,7 @@ from typing import Tuple
 import torch
 from torch import nn
 
-from .conv import standardized
+from .conv import standardize_weight
 from .norm import BatchChannelNorm2d, FrozenBatchChannelNorm2d
 
 FOLDABLE = (BatchChannelNorm2d, FrozenBatchChannelNorm2d)
@@ -25,7 +25,7 @@ def folded_parameters(conv: nn.Conv2d, norm) -> Tuple[torch.Tensor, torch.Tensor
         raise TypeError(f"cannot fold {type(norm).__name__}: only BatchChannelNorm2d and its frozen variant")
     weight = conv.weight
     if hasattr(conv, "ws_eps"):  # bcn.WSConv2d, or an adapter's WS conv
-        weight = standardized(weight, conv.ws_eps, conv.ws_form)
+        weight = standardize_weight(weight, conv.ws_eps, conv.ws_form)
     pbn = norm.pbn
     a = pbn.weight / torch.sqrt(pbn.running_var + pbn.eps)
     b = pbn.bias - a * pbn.running_mean

@@ -43,7 +43,7 @@ def update_estimates(
     return mean_estimate + rate * (mean - mean_estimate), var_estimate + rate * (var - var_estimate)
 
 
-def channel_normalize(
+def batch_part(
     x: Tensor, mean: Tensor, var: Tensor, weight: Tensor, bias: Tensor, eps: float
 ) -> Tensor:
     """BCN step 1 with given statistics (Eq. 13-14): a fixed per-channel affine map of x.
@@ -53,7 +53,7 @@ def channel_normalize(
     return F.batch_norm(x, mean.detach(), var.detach(), weight, bias, False, 0.0, eps)
 
 
-def group_normalize(x: Tensor, num_groups: int, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
+def channel_part(x: Tensor, num_groups: int, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
     """BCN step 2 (Eq. 15): per-sample normalization over groups of channels, then the affine.
 
     weight/bias hold one value per group (shape (1, G, 1), the published layout) or one per
@@ -67,7 +67,7 @@ def group_normalize(x: Tensor, num_groups: int, weight: Tensor, bias: Tensor, ep
     return F.group_norm(x, num_groups, weight.reshape(channels), bias.reshape(channels), eps)
 
 
-def weight_standardize(
+def standardize_weight(
     weight: Tensor, eps: float = 1e-5, form: str = "eps_in_sqrt"
 ) -> Tensor:
     """Eq. 9: standardize each output channel's weights over (in/groups, kh, kw).
@@ -79,8 +79,8 @@ def weight_standardize(
     flat = weight.reshape(weight.shape[0], -1)
     k = flat.shape[1]
     if form == "eps_in_sqrt" and k > 1:
-        # The same value through F.layer_norm (biased variance), one fused kernel forward and
-        # backward -- var_mean plus elementwise ops measured ~30% of a toy training iteration:
+        # The same value through F.layer_norm (biased variance): one kernel forward and one
+        # backward instead of var_mean and several elementwise passes over the weight:
         #   (W - m) / sqrt(var_unbiased + eps) = sqrt((k-1)/k) (W - m) / sqrt(var_biased + eps (k-1)/k)
         shrink = (k - 1) / k
         scale = flat.new_full((k,), math.sqrt(shrink))  # as layer_norm's affine: no extra pass

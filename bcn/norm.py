@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from . import dispatch, fused
+from . import cpu_norm, dispatch
 from . import functional as BF
 
 MODES = ("batch", "estimate")
@@ -73,7 +73,7 @@ class EstimateBatchNorm2d(nn.BatchNorm2d):
                 self.running_var.copy_(new_var)
                 self.num_batches_tracked.add_(1)
         # Clones: the buffers change in place at the next forward, possibly before backward.
-        return BF.channel_normalize(x, self.running_mean.clone(), self.running_var.clone(),
+        return BF.batch_part(x, self.running_mean.clone(), self.running_var.clone(),
                                     self.weight, self.bias, self.eps)
 
 
@@ -161,12 +161,12 @@ class BatchChannelNorm2d(nn.GroupNorm):
         in the graph with zero gradients, as GroupNorm's do, so DDP sees them used."""
         pbn = self.pbn
         y = F.batch_norm(x, pbn.running_mean, pbn.running_var, pbn.weight, pbn.bias, False, 0.0, pbn.eps)
-        return BF.group_normalize(y, self.num_groups, self.weight, self.bias, self.eps)
+        return BF.channel_part(y, self.num_groups, self.weight, self.bias, self.eps)
 
     def _normalize(self, x: torch.Tensor, pbn: nn.Module, params, impl: str) -> torch.Tensor:
         if impl == "cpu":
             return self._cpu_kernels(x, pbn, params)
-        return BF.group_normalize(self._batch_part(x), self.num_groups, params[2], params[3], self.eps)
+        return BF.channel_part(self._batch_part(x), self.num_groups, params[2], params[3], self.eps)
 
     def _state(self, pbn: nn.Module):
         """Step 1's running state: (running_mean, running_var, num_batches_tracked,
@@ -211,7 +211,7 @@ class BatchChannelNorm2d(nn.GroupNorm):
             return None
 
     def _cpu_kernels(self, x: torch.Tensor, pbn: nn.Module, params) -> torch.Tensor:
-        """Both steps in the C++ kernels of bcn.fused, which also update the running state as
+        """Both steps in the C++ kernels of bcn.cpu_norm, which also update the running state as
         the reference path does -- BatchNorm's momentum and unbiased variance in batch mode,
         Algorithm 1 in estimate mode -- guarded against non-finite batches the same way.
         params: (pbn.weight, pbn.bias, weight, bias)."""
@@ -222,11 +222,11 @@ class BatchChannelNorm2d(nn.GroupNorm):
         if mode == "fixed":
             if _needs_grad(x, params):
                 # the training kernel with its estimates moved at rate 0: constants to autograd
-                return fused.batch_channel_norm_training(x, self.num_groups, *params, self.eps, True,
+                return cpu_norm.batch_channel_norm_training(x, self.num_groups, *params, self.eps, True,
                                                          state, 0.0, update=False)
-            return fused.batch_channel_norm_inference(x, self.num_groups, *params, self.eps, *state[:2])
+            return cpu_norm.batch_channel_norm_inference(x, self.num_groups, *params, self.eps, *state[:2])
         rate = float(rate) if mode == "estimate" else pbn.momentum
-        return fused.batch_channel_norm_training(x, self.num_groups, *params, self.eps,
+        return cpu_norm.batch_channel_norm_training(x, self.num_groups, *params, self.eps,
                                                  mode == "estimate", state, rate)
 
     def _cpu_operators(self, x, pbn, params, state, mode, update, rate):
@@ -274,7 +274,7 @@ class BatchChannelNorm2d(nn.GroupNorm):
 _RUNNING_STATE = ("running_mean", "running_var", "num_batches_tracked")
 
 
-class FrozenChannelNorm2d(nn.Module):
+class FrozenBatchPart2d(nn.Module):
     """BCN step 1 frozen: a fixed per-channel affine map from stored statistics (no state
     changes, no trainable parameters). Same buffer names as nn.BatchNorm2d, so BatchNorm /
     EstimateBatchNorm2d state dicts load into it."""
@@ -292,7 +292,7 @@ class FrozenChannelNorm2d(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return BF.channel_normalize(x, self.running_mean, self.running_var,
+        return BF.batch_part(x, self.running_mean, self.running_var,
                                     self.weight, self.bias, self.eps)
 
 
@@ -312,7 +312,7 @@ class FrozenBatchChannelNorm2d(nn.Module):
         shape = (1, num_groups, 1) if affine == "group" else (num_channels,)
         self.register_buffer("weight", torch.ones(shape))
         self.register_buffer("bias", torch.zeros(shape))
-        self.pbn = FrozenChannelNorm2d(num_channels, eps)
+        self.pbn = FrozenBatchPart2d(num_channels, eps)
 
     @classmethod
     def from_bcn(cls, bcn: BatchChannelNorm2d) -> "FrozenBatchChannelNorm2d":
@@ -351,10 +351,10 @@ class FrozenBatchChannelNorm2d(nn.Module):
 
                 return ops.cpu_inference(x, pbn.running_mean, pbn.running_var, pbn.weight, pbn.bias,
                                          self.weight, self.bias, self.num_groups, self.eps)
-            return fused.batch_channel_norm_inference(x, self.num_groups, pbn.weight, pbn.bias,
+            return cpu_norm.batch_channel_norm_inference(x, self.num_groups, pbn.weight, pbn.bias,
                                                       self.weight, self.bias, self.eps,
                                                       pbn.running_mean, pbn.running_var)
-        return BF.group_normalize(pbn(x), self.num_groups, self.weight, self.bias, self.eps)
+        return BF.channel_part(pbn(x), self.num_groups, self.weight, self.bias, self.eps)
 
 
 def _needs_grad(x: torch.Tensor, params) -> bool:

@@ -15,7 +15,7 @@ recorded by dynamo (torch.compile, torch.export).
 
     bcn::cpu_train_forward / bcn::cpu_train_backward   the C++ training kernels
     bcn::cpu_inference                                  the C++ eval kernel (no autograd)
-    bcn::ws_forward / bcn::ws_backward                  weight standardization (C++)
+    bcn::standardize_weight_forward / _backward         weight standardization (C++)
     bcn::triton_forward / bcn::triton_backward          the Triton kernels, every mode
                                                         (triton_ops: inductor sees the launches)
 """
@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from .dispatch import triton_interpreted
-from .kernels import plane_ops
+from .cpu_kernels import extension
 
 
 
@@ -42,9 +42,9 @@ def cpu_train_forward(x: Tensor, estimate: bool, running_mean: Tensor, running_v
                       bn_weight: Tensor, bn_bias: Tensor, gamma: Tensor, beta: Tensor,
                       groups: int, eps: float) -> List[Tensor]:
     """[y, plane mean, plane var, step-1 mean, step-1 var, then the new running mean, var,
-    batches tracked, skipped updates]: bcn.fused's training forward."""
+    batches tracked, skipped updates]: bcn.cpu_norm's training forward."""
     state = _fresh(running_mean, running_var, tracked, skipped)
-    out = plane_ops().train_forward(x.contiguous(), estimate, *state, float(rate), update,
+    out = extension().train_forward(x.contiguous(), estimate, *state, float(rate), update,
                                     bn_weight, bn_bias, gamma, beta, groups, eps)
     return list(out) + state
 
@@ -64,7 +64,7 @@ def cpu_train_backward(grad: Tensor, x: Tensor, plane_mean: Tensor, plane_var: T
                        bn_bias: Tensor, gamma: Tensor, groups: int,
                        eps: float) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(dx, d bn_weight, d bn_bias, d gamma, d beta)."""
-    return plane_ops().train_backward(grad.contiguous(), x.contiguous(), plane_mean, plane_var,
+    return extension().train_backward(grad.contiguous(), x.contiguous(), plane_mean, plane_var,
                                       estimate, mean, var, bn_weight, bn_bias, gamma, groups, eps)
 
 
@@ -97,7 +97,7 @@ cpu_train_forward.register_autograd(_cpu_backward, setup_context=_cpu_setup)
 def cpu_inference(x: Tensor, mean: Tensor, var: Tensor, bn_weight: Tensor, bn_bias: Tensor,
                   gamma: Tensor, beta: Tensor, groups: int, eps: float) -> Tensor:
     """BCN with step 1 fixed to (mean, var), no autograd: the eval kernel."""
-    return plane_ops().inference_forward(x.contiguous(), mean, var, bn_weight, bn_bias, gamma,
+    return extension().inference_forward(x.contiguous(), mean, var, bn_weight, bn_bias, gamma,
                                          beta, groups, eps)
 
 
@@ -106,43 +106,43 @@ def _(x, mean, var, bn_weight, bn_bias, gamma, beta, groups, eps):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
-@torch.library.custom_op("bcn::ws_forward", mutates_args=())
-def ws_forward(weight: Tensor, eps: float) -> Tuple[Tensor, Tensor, Tensor]:
+@torch.library.custom_op("bcn::standardize_weight_forward", mutates_args=())
+def standardize_weight_forward(weight: Tensor, eps: float) -> Tuple[Tensor, Tensor, Tensor]:
     """(standardized weight, row mean, row scale), the published form."""
-    return plane_ops().ws_forward(weight.contiguous(), eps)
+    return extension().standardize_weight_forward(weight.contiguous(), eps)
 
 
-@ws_forward.register_fake
+@standardize_weight_forward.register_fake
 def _(weight, eps):
     rows = weight.shape[0]
     return (torch.empty_like(weight, memory_format=torch.contiguous_format),
             weight.new_empty(rows, dtype=torch.float64), weight.new_empty(rows, dtype=torch.float64))
 
 
-@torch.library.custom_op("bcn::ws_backward", mutates_args=())
-def ws_backward(grad: Tensor, weight: Tensor, row_mean: Tensor, row_scale: Tensor) -> Tensor:
-    return plane_ops().ws_backward(grad.contiguous(), weight.contiguous(), row_mean, row_scale)
+@torch.library.custom_op("bcn::standardize_weight_backward", mutates_args=())
+def standardize_weight_backward(grad: Tensor, weight: Tensor, row_mean: Tensor, row_scale: Tensor) -> Tensor:
+    return extension().standardize_weight_backward(grad.contiguous(), weight.contiguous(), row_mean, row_scale)
 
 
-@ws_backward.register_fake
+@standardize_weight_backward.register_fake
 def _(grad, weight, row_mean, row_scale):
     return torch.empty_like(weight, memory_format=torch.contiguous_format)
 
 
-def _ws_setup(ctx, inputs, output):
+def _standardize_weight_setup(ctx, inputs, output):
     ctx.save_for_backward(inputs[0], output[1], output[2])
 
 
-def _ws_backward(ctx, grad_z, *unused):
+def _standardize_weight_backward(ctx, grad_z, *unused):
     weight, row_mean, row_scale = ctx.saved_tensors
-    return ws_backward(grad_z, weight, row_mean, row_scale), None
+    return standardize_weight_backward(grad_z, weight, row_mean, row_scale), None
 
 
-ws_forward.register_autograd(_ws_backward, setup_context=_ws_setup)
+standardize_weight_forward.register_autograd(_standardize_weight_backward, setup_context=_standardize_weight_setup)
 
 
-def standardized_weight(weight: Tensor, eps: float) -> Tensor:
-    return ws_forward(weight, eps)[0]
+def standardize_weight(weight: Tensor, eps: float) -> Tensor:
+    return standardize_weight_forward(weight, eps)[0]
 
 
 # --- Triton kernels -------------------------------------------------------------------------

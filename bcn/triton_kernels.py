@@ -1,6 +1,6 @@
 """BCN's GPU kernels (Triton): training forward and backward, both modes, and eval.
 
-The math is bcn.fused's (and the CPU kernels'): everything follows from the per-(sample,
+The math is bcn.cpu_norm's (and the CPU kernels'): everything follows from the per-(sample,
 channel) plane moments m[n,c], v[n,c] of x, so the layer is y = A[n,c] (x - m~[n,c]) + K[n,c]
 and, in backward, dx = k_dy dy + k_x (x - m~) + k_0 with per-plane coefficients. Each
 direction is two passes over the map -- GroupNorm's traffic -- around small kernels that

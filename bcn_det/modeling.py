@@ -19,7 +19,7 @@ from detectron2.modeling.roi_heads.box_head import FastRCNNConvFCHead
 from detectron2.modeling.roi_heads.mask_head import MaskRCNNConvUpsampleHead
 
 import bcn
-from bcn.conv import standardized
+from bcn.conv import standardize_weight
 from bcn.functional import WS_FORMS
 
 NORM_KEYS = ("MODEL.RESNETS.NORM", "MODEL.FPN.NORM", "MODEL.ROI_BOX_HEAD.NORM",
@@ -107,14 +107,14 @@ def check_bcn_config(cfg) -> None:
         norm_spec(cfg, key)
 
 
-class WSConv2d(Conv2d):
+class StandardizedConv2d(Conv2d):
     """detectron2's Conv2d (conv, then its norm and activation) with a standardized weight."""
 
     ws_eps = 1e-5
     ws_form = "eps_in_sqrt"
 
     def forward(self, x):
-        x = self._conv_forward(x, standardized(self.weight, self.ws_eps, self.ws_form), self.bias)
+        x = self._conv_forward(x, standardize_weight(self.weight, self.ws_eps, self.ws_form), self.bias)
         if self.norm is not None:
             x = self.norm(x)
         if self.activation is not None:
@@ -124,7 +124,7 @@ class WSConv2d(Conv2d):
 
 class StandardizeConvs:
     """``rule(module)``: every detectron2 Conv2d in ``module`` that is followed by a norm
-    becomes a WSConv2d (eps, form: bcn.conv.standardized). The one WS rule of both config
+    becomes a StandardizedConv2d (eps, form: bcn.conv.standardize_weight). The one WS rule of both config
     systems: the YAML builders apply it where a section's WS is true (``from_config``), a
     LazyConfig passes it as ``ws`` to BCNResNet, BCNFPN and the BCN heads:
 
@@ -148,7 +148,7 @@ class StandardizeConvs:
     def __call__(self, module: torch.nn.Module) -> torch.nn.Module:
         for m in module.modules():
             if type(m) is Conv2d and m.norm is not None:
-                m.__class__ = WSConv2d
+                m.__class__ = StandardizedConv2d
                 m.ws_eps, m.ws_form = self.eps, self.form
         return module
 
@@ -276,21 +276,3 @@ BCNConvFCHead = _head_with_bcn(FastRCNNConvFCHead, "ROI_BOX_HEAD")
 BCNMaskRCNNConvUpsampleHead = _head_with_bcn(MaskRCNNConvUpsampleHead, "ROI_MASK_HEAD")
 ROI_BOX_HEAD_REGISTRY.register(BCNConvFCHead)  # (register(obj) returns None)
 ROI_MASK_HEAD_REGISTRY.register(BCNMaskRCNNConvUpsampleHead)
-
-
-@torch.no_grad()
-def fold_bcn(model: torch.nn.Module) -> torch.nn.Module:
-    """For eval and export: fold WS and BCN's batch part into every detectron2 Conv2d whose
-    norm is BCN, leaving a plain Conv2d with an nn.GroupNorm (bcn.fold). In place, so the
-    lists detectron2 keeps its convs in stay valid."""
-    from bcn.fold import FOLDABLE, folded_parameters
-
-    for m in model.modules():
-        if isinstance(m, Conv2d) and isinstance(m.norm, FOLDABLE):
-            weight, bias, group_norm = folded_parameters(m, m.norm)
-            m.__class__ = Conv2d
-            m.__dict__.pop("ws_eps", None), m.__dict__.pop("ws_form", None)
-            m.weight = torch.nn.Parameter(weight)
-            m.bias = torch.nn.Parameter(bias)
-            m.norm = group_norm
-    return model

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
-"""Weight standardization over every conv weight of a ResNet: BCN's kernel (bcn.conv.standardized
-on the CPU) against the reference path (bcn.functional.weight_standardize, through F.layer_norm),
+"""Weight standardization over every conv weight of a ResNet: BCN's kernel (bcn.conv.standardize_weight
+on the CPU) against the reference path (bcn.functional.standardize_weight, through F.layer_norm),
 forward and backward, with a copy of the same bytes as the memory-speed yardstick.
 
     python tools/benchmark_ws.py [--arch resnet50] [--repeats 21] [--out output/benchmark_ws.md]
@@ -20,7 +20,7 @@ import torchvision
 
 import bcn
 from bcn.allocator import keep_freed_memory
-from bcn.functional import weight_standardize
+from bcn.functional import standardize_weight
 
 from timing import interleaved, timed  # tools/timing.py
 
@@ -60,8 +60,8 @@ def main(argv=None):
     keep_freed_memory()  # as the training launchers run on CPU
     weights = conv_weights(args.arch)
     grads = [torch.randn_like(w) for w in weights]
-    kernel_fwd, kernel_bwd = forward_and_backward(bcn.conv.standardized, weights, grads)
-    ref_fwd, ref_bwd = forward_and_backward(weight_standardize, weights, grads)
+    kernel_fwd, kernel_bwd = forward_and_backward(bcn.conv.standardize_weight, weights, grads)
+    ref_fwd, ref_bwd = forward_and_backward(standardize_weight, weights, grads)
 
     candidates = {
         "forward, kernel": timed(kernel_fwd), "forward, reference (layer_norm)": timed(ref_fwd),

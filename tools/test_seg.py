@@ -3,7 +3,7 @@
 
     python tools/test_seg.py CFG work_dirs/x/iter_30000.pth [--launcher pytorch under torchrun]
 """
-from bcn_seg.launch import run
+from bcn_seg.engine import run
 
 if __name__ == "__main__":
     run(test=True)

@@ -43,7 +43,7 @@ def algorithm1_update(x, mu_hat, var_hat, r):
     return mu_hat + r * (m - mu_hat), var_hat + r * (v - var_hat)
 
 
-def weight_standardize(w, eps=1e-5, form="eps_in_sqrt"):
+def standardize_weight(w, eps=1e-5, form="eps_in_sqrt"):
     """Eq. 9 per output channel, unbiased variance."""
     flat = w.reshape(w.shape[0], -1)
     n = flat.shape[1]

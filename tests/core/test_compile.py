@@ -40,9 +40,9 @@ def test_the_operators_pass_opcheck(fresh_seed):
                                                        *(p.detach() for p in params[:3]), g, 1e-5))
     torch.library.opcheck(ops.cpu_inference, (x, state[0], state[1], *(p.detach() for p in params), g, 1e-5))
     weight = torch.randn(6, 4, 3, 3, requires_grad=True)
-    torch.library.opcheck(ops.ws_forward, (weight, 1e-5))
-    z, row_mean, row_scale = ops.ws_forward(weight.detach(), 1e-5)
-    torch.library.opcheck(ops.ws_backward, (torch.randn_like(z), weight.detach(), row_mean, row_scale))
+    torch.library.opcheck(ops.standardize_weight_forward, (weight, 1e-5))
+    z, row_mean, row_scale = ops.standardize_weight_forward(weight.detach(), 1e-5)
+    torch.library.opcheck(ops.standardize_weight_backward, (torch.randn_like(z), weight.detach(), row_mean, row_scale))
     # (bcn::triton_forward / triton_backward: opcheck's schema check cannot run Triton's
     # interpreter; the compiled-network tests below run them through torch.compile)
 

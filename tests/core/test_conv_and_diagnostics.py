@@ -18,7 +18,7 @@ def test_ws_conv_matches_reference(fresh_seed, form, groups):
     y = conv(x)
     w64 = raw.double().requires_grad_(True)
     x64 = x.detach().double().requires_grad_(True)
-    expected = F.conv2d(x64, ref.weight_standardize(w64, form=form), padding=1, groups=groups)
+    expected = F.conv2d(x64, ref.standardize_weight(w64, form=form), padding=1, groups=groups)
     assert rel_err(y, expected) < 1e-5
     g = torch.randn_like(y)
     y.backward(g)
@@ -30,8 +30,8 @@ def test_ws_conv_matches_reference(fresh_seed, form, groups):
 
 def test_ws_forms_differ_and_bad_form_fails():
     w = torch.randn(8, 4, 3, 3)
-    a = bcn.functional.weight_standardize(w, form="eps_in_sqrt")
-    b = bcn.functional.weight_standardize(w, form="eps_on_std")
+    a = bcn.functional.standardize_weight(w, form="eps_in_sqrt")
+    b = bcn.functional.standardize_weight(w, form="eps_on_std")
     assert 0 < (a - b).abs().max() < 1e-4
     with pytest.raises(ValueError, match="unknown weight-standardization form"):
         bcn.WSConv2d(4, 8, 3, ws_form="biased")

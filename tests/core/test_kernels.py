@@ -1,4 +1,4 @@
-"""BCN's C++ kernels (bcn/csrc/plane_ops.cpp) against float64 sums written out here, and the
+"""BCN's C++ kernels (bcn/csrc/cpu_kernels.cpp) against float64 sums written out here, and the
 layer's fallback to its reference path where the kernels cannot be built."""
 import copy
 import os
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import bcn
-from bcn import kernels
+from bcn import cpu_kernels
 from tests.helpers import rel_err
 from tests.core import reference as ref
 from tests.core.helpers import random_bcn, random_input
@@ -20,7 +20,7 @@ SHAPES = [(2, 4, 1, 5), (1, 4, 32, 64), (3, 8, 67, 61)]
 
 @pytest.fixture(scope="module")
 def ops():
-    built = kernels.plane_ops()
+    built = cpu_kernels.extension()
     assert built is not None, ("BCN's CPU kernels did not build here; scripts/setup.sh installs "
                                "ninja and needs g++ (see the KernelUnavailableWarning)")
     return built
@@ -144,7 +144,7 @@ def test_results_do_not_depend_on_the_thread_count(ops, fresh_seed, shape, memor
             y = fresh(xg)
             y.backward(g)
             w = weight.clone().requires_grad_(True)
-            z = bcn.conv.standardized(w)
+            z = bcn.conv.standardize_weight(w)
             z.backward(weight_grad)
             with torch.no_grad():
                 outputs.append((y, fresh.pbn.running_var, fresh.eval()(x), xg.grad, z, w.grad))
@@ -187,10 +187,10 @@ def test_weight_standardization_kernel_against_the_equations(ops, fresh_seed, sh
     w64 = torch.randn(shape, dtype=torch.float64) * 0.05 + torch.randn(shape[0], 1, 1, 1) * 0.2
     g64 = torch.randn(shape, dtype=torch.float64)
     w64.requires_grad_(True)
-    expected = ref.weight_standardize(w64)
+    expected = ref.standardize_weight(w64)
     expected.backward(g64)
     w = w64.detach().to(dtype).requires_grad_(True)
-    z = bcn.conv.standardized(w)
+    z = bcn.conv.standardize_weight(w)
     assert "WeightStandardization" in z.grad_fn.name(), "the CPU kernel did not serve the weight"
     z.backward(g64.to(dtype))
     assert z.dtype == dtype and z.shape == w.shape
@@ -200,7 +200,7 @@ def test_weight_standardization_kernel_against_the_equations(ops, fresh_seed, sh
     # float32: at most 10x what the equations themselves lose evaluated in float32
     # (rows of two values lose digits to the input's own rounding: z's error reached 1.01e-6)
     w32 = w64.detach().float().requires_grad_(True)
-    z32 = ref.weight_standardize(w32)
+    z32 = ref.standardize_weight(w32)
     z32.backward(g64.float())
     assert rel_err(z, expected) < max(1e-6, 10 * rel_err(z32, expected))
     assert rel_err(w.grad, w64.grad) < max(1e-5, 10 * rel_err(w32.grad, w64.grad))
@@ -208,20 +208,20 @@ def test_weight_standardization_kernel_against_the_equations(ops, fresh_seed, sh
 
 def test_weight_standardization_kernel_takes_any_layout_and_refuses_double_backward(ops, fresh_seed):
     w = torch.randn(3, 3, 16, 32).permute(3, 2, 0, 1).requires_grad_(True)  # not contiguous
-    z = bcn.conv.standardized(w)
-    assert torch.allclose(z, ref.weight_standardize(w.detach().double()).float(), atol=1e-5)
+    z = bcn.conv.standardize_weight(w)
+    assert torch.allclose(z, ref.standardize_weight(w.detach().double()).float(), atol=1e-5)
     with pytest.raises(RuntimeError, match="no double backward"):
         torch.autograd.grad((z ** 2).sum(), w, create_graph=True)
     # outside the kernel's reach the equations run instead: the other form, float16
-    assert "WeightStandardization" not in bcn.conv.standardized(w, form="eps_on_std").grad_fn.name()
+    assert "WeightStandardization" not in bcn.conv.standardize_weight(w, form="eps_on_std").grad_fn.name()
     with pytest.raises(RuntimeError, match="more than one value per output channel"):
-        ops.weight_standardize(torch.randn(4, 1, 1, 1), 1e-5)
+        ops.standardize_weight(torch.randn(4, 1, 1, 1), 1e-5)
     with pytest.raises(RuntimeError, match="row statistics"):
-        ops.ws_backward(torch.randn(4, 9), torch.randn(4, 9), torch.zeros(3, dtype=torch.float64),
+        ops.standardize_weight_backward(torch.randn(4, 9), torch.randn(4, 9), torch.zeros(3, dtype=torch.float64),
                         torch.ones(4, dtype=torch.float64))
 
 
-def test_fused_bcn_refuses_double_backward_with_a_way_out(ops):
+def test_cpu_kernels_refuse_double_backward_with_a_way_out(ops):
     layer = random_bcn(8, 4, "batch", impl="cpu").train()
     y = layer(torch.randn(2, 8, 3, 3, requires_grad=True))
     with pytest.raises(RuntimeError, match="impl='reference'"):
@@ -240,7 +240,7 @@ def test_the_profiler_names_each_kernel(ops, fresh_seed):
         with torch.no_grad():
             model(x)
     names = {event.name for event in prof.events()}
-    for kernel in ("train_forward", "train_backward", "inference_forward", "ws_forward", "ws_backward"):
+    for kernel in ("train_forward", "train_backward", "inference_forward", "standardize_weight_forward", "standardize_weight_backward"):
         assert f"bcn::{kernel}" in names, kernel
 
 
@@ -257,16 +257,16 @@ def test_a_traced_model_records_the_reference_ops(ops, fresh_seed):
 
 FALLBACK = textwrap.dedent("""
     import warnings, torch, bcn
-    from bcn import kernels
+    from bcn import cpu_kernels
     torch.manual_seed(0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         fast = bcn.BatchChannelNorm2d(64, 32, impl="cpu")
         slow = bcn.BatchChannelNorm2d(64, 32, impl="reference")
         x = torch.randn(2, 64, 6, 5)
-        assert torch.equal(fast(x), slow(x)), "the fused impl did not fall back to the reference"
-    assert kernels.plane_ops() is None
-    print("|".join(str(w.message) for w in caught if issubclass(w.category, kernels.KernelUnavailableWarning)))
+        assert torch.equal(fast(x), slow(x)), "the cpu impl did not fall back to the reference"
+    assert cpu_kernels.extension() is None
+    print("|".join(str(w.message) for w in caught if issubclass(w.category, cpu_kernels.KernelUnavailableWarning)))
 """)
 
 
@@ -291,10 +291,10 @@ def test_a_build_for_one_cpu_is_never_loaded_on_another(ops):
     """-march=native builds are cached under a name that includes the CPU they target: the
     module loaded here is the one named for this CPU, and another CPU's name differs."""
     if sys.platform.startswith("linux"):
-        assert "flags" in kernels.cpu_fingerprint() or "Features" in kernels.cpu_fingerprint()
-    native = kernels.NATIVE_CFLAGS
-    here = kernels.extension_name(native, kernels.cpu_fingerprint())
+        assert "flags" in cpu_kernels.cpu_fingerprint() or "Features" in cpu_kernels.cpu_fingerprint()
+    native = cpu_kernels.NATIVE_CFLAGS
+    here = cpu_kernels.extension_name(native, cpu_kernels.cpu_fingerprint())
     assert ops.__name__ == here
-    names = {here, kernels.extension_name(native, "cpu A"), kernels.extension_name(native, "cpu B"),
-             kernels.extension_name(kernels.CFLAGS, "")}
+    names = {here, cpu_kernels.extension_name(native, "cpu A"), cpu_kernels.extension_name(native, "cpu B"),
+             cpu_kernels.extension_name(cpu_kernels.CFLAGS, "")}
     assert len(names) == 4

@@ -198,9 +198,9 @@ def test_conversions_keep_eval_outputs(fresh_seed):
     frozen = bcn.freeze_batch_channel_norm(model)
     assert not any(isinstance(m, bcn.BatchChannelNorm2d) for m in frozen.modules())
     assert not list(frozen.parameters())
-    assert rel_err(frozen(x), expected) < 1e-5  # reference ops vs the fused path: float32 rounding
+    assert rel_err(frozen(x), expected) < 1e-5  # reference ops vs the C++ kernels: float32 rounding
     frozen.train()(x)  # a frozen layer never updates, in train mode neither
-    assert rel_err(frozen(x), expected) < 1e-5  # reference ops vs the fused path: float32 rounding
+    assert rel_err(frozen(x), expected) < 1e-5  # reference ops vs the C++ kernels: float32 rounding
 
 
 def test_frozen_loads_a_bcn_state_dict(fresh_seed):
@@ -374,7 +374,7 @@ def test_channels_last_and_non_contiguous_inputs(fresh_seed, mode):
 
 @pytest.mark.parametrize("mode", bcn.MODES)
 @pytest.mark.parametrize("affine", bcn.AFFINES)
-def test_fused_path_has_the_reference_numerics(fresh_seed, mode, affine):
+def test_cpu_kernels_have_the_reference_numerics(fresh_seed, mode, affine):
     fast = random_bcn(256, 32, mode, affine, impl="cpu")
     slow = random_bcn(256, 32, mode, affine, impl="reference")
     slow.load_state_dict(fast.state_dict())

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import bcn
-from bcn import dispatch, kernels
+from bcn import cpu_kernels, dispatch
 from tests.helpers import rel_err
 from tests.core import reference as ref
 from tests.core.helpers import random_bcn, random_input
@@ -194,7 +194,7 @@ def test_a_failing_first_use_check_warns_once_and_the_reference_path_runs(fresh_
     twin.load_state_dict(layer.state_dict())
     x = random_input(2, 16, 4, 5)
     expected = "injected: no kernel image" if failure == "raises" else "relative error"
-    with pytest.warns(kernels.KernelUnavailableWarning, match=f"failed its first-use check on cpu torch.float32.*{expected}"):
+    with pytest.warns(cpu_kernels.KernelUnavailableWarning, match=f"failed its first-use check on cpu torch.float32.*{expected}"):
         y = layer(x)
     assert torch.equal(y, twin(x))
     for key, value in twin.state_dict().items():
@@ -226,7 +226,7 @@ def test_a_kernel_failing_after_the_check_leaves_the_state_alone(fresh_seed, fre
 
     monkeypatch.setattr(triton_kernels, "_apply", FailingApply())
     x = random_input(2, 16, 5, 5)
-    with pytest.warns(kernels.KernelUnavailableWarning, match="failed forward on cpu torch.float32"):
+    with pytest.warns(cpu_kernels.KernelUnavailableWarning, match="failed forward on cpu torch.float32"):
         y = layer(x)
     assert rel_err(y, twin(x)) < 1e-6
     for key, value in twin.state_dict().items():

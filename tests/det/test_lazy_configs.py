@@ -96,8 +96,8 @@ def test_lazy_config_builds_its_yaml_twins_network_optimizer_and_schedule(path, 
     norms = [type(m) for m in model.modules() if isinstance(m, torch.nn.GroupNorm)]
     kind = bcn.BatchChannelNorm2d if "bcn" in path else torch.nn.GroupNorm
     assert norms and all(issubclass(t, kind) for t in norms)
-    ws = [m for m in model.modules() if isinstance(m, bcn_det.WSConv2d)]
-    assert len(ws) == sum(1 for m in reference.modules() if isinstance(m, bcn_det.WSConv2d)) > 0
+    ws = [m for m in model.modules() if isinstance(m, bcn_det.StandardizedConv2d)]
+    assert len(ws) == sum(1 for m in reference.modules() if isinstance(m, bcn_det.StandardizedConv2d)) > 0
 
     lazy.optimizer.params.model = model
     optimizer, expected = instantiate(lazy.optimizer), build_optimizer(yaml, reference)

@@ -50,9 +50,9 @@ def test_paper_configs_build_with_norms_and_ws_where_asked(path):
                 assert type(norm) is torch.nn.GroupNorm, name
         assert not any(type(m) in PLAIN_NORMS for m in part.modules()) or not expect_bcn, name
         convs = [m for m in part.modules() if isinstance(m, Conv2d) and m.norm is not None]
-        assert all(isinstance(c, bcn_det.WSConv2d) == expect_ws for c in convs), name
+        assert all(isinstance(c, bcn_det.StandardizedConv2d) == expect_ws for c in convs), name
     # predictors stay plain layers
-    assert not isinstance(model.proposal_generator.rpn_head.conv, bcn_det.WSConv2d)
+    assert not isinstance(model.proposal_generator.rpn_head.conv, bcn_det.StandardizedConv2d)
     if cfg.MODEL.MASK_ON:
         assert type(model.roi_heads.mask_head.predictor) is Conv2d
     # frozen stem and res2: BCN's frozen variant, nothing trainable
@@ -82,7 +82,7 @@ def test_weight_decay_norm_applies_to_bcn_parameters():
     decay = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
     bcn_params = [p for m in model.modules() if isinstance(m, bcn.BatchChannelNorm2d) for p in m.parameters()]
     assert bcn_params and all(decay[id(p)] == 0.0 for p in bcn_params)
-    conv_weights = [m.weight for m in model.modules() if isinstance(m, bcn_det.WSConv2d)]
+    conv_weights = [m.weight for m in model.modules() if isinstance(m, bcn_det.StandardizedConv2d)]
     assert all(decay[id(p)] == 1e-4 for p in conv_weights)
 
 
@@ -94,7 +94,7 @@ def test_models_without_bcn_are_untouched():
     cfg.merge_from_file(model_zoo.get_config_file("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml"))
     cfg.MODEL.DEVICE = "cpu"
     model = build_model(cfg)
-    assert not any(isinstance(m, (bcn.BatchChannelNorm2d, bcn_det.WSConv2d, bcn.FrozenBatchChannelNorm2d))
+    assert not any(isinstance(m, (bcn.BatchChannelNorm2d, bcn_det.StandardizedConv2d, bcn.FrozenBatchChannelNorm2d))
                    for m in model.modules())
 
 

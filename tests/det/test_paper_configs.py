@@ -60,11 +60,11 @@ def check_detector(cfg, model):
         assert pairs
         for conv, norm in pairs:
             assert isinstance(norm, norm_type)
-            assert isinstance(conv, bcn_det.WSConv2d) == cfg.MODEL.RESNETS.WS
+            assert isinstance(conv, bcn_det.StandardizedConv2d) == cfg.MODEL.RESNETS.WS
             if cfg.MODEL.RESNETS.WS:
                 assert conv.ws_form == cfg.MODEL.WS.FORM
-    assert not isinstance(model.proposal_generator.rpn_head.conv, bcn_det.WSConv2d)
-    assert not any(isinstance(m, bcn_det.WSConv2d) for m in model.roi_heads.box_predictor.modules())
+    assert not isinstance(model.proposal_generator.rpn_head.conv, bcn_det.StandardizedConv2d)
+    assert not any(isinstance(m, bcn_det.StandardizedConv2d) for m in model.roi_heads.box_predictor.modules())
 
 
 def check_solver(cfg, model, steps, max_iter, ims=4, lr=0.005):

@@ -7,7 +7,7 @@ from mmengine.optim import build_optim_wrapper
 from torch import nn
 
 import bcn
-from bcn_seg.launch import check_config
+from bcn_seg.engine import check_config
 from tests.seg.helpers import TOY_CONFIG, build_model, load_config
 
 CONFIGS = sorted(glob.glob("configs/mmseg/voc/*.py")) + [TOY_CONFIG]

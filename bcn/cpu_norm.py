@@ -1,4 +1,4 @@
-"""BCN as GroupNorm runs: the fast path of BatchChannelNorm2d, on bcn.kernels.
+"""BCN as GroupNorm runs: the fast path of BatchChannelNorm2d, on bcn.cpu_kernels.
 
 Both steps follow from the per-(sample, channel) moments m[n,c], v[n,c] of x:
     step-1 statistics  mean[c] = avg_n m,   var[c] = avg_n v + avg_n (m - mean)^2
@@ -9,22 +9,21 @@ g's only the channels of g, so the planes of one group, over all samples, are a 
 forward and backward: the kernels run one task per group that reads its block, solves its
 (N, C/G) coefficients in double and writes its output while the block is in cache -- the
 memory traffic of GroupNorm. Inference (step 1 fixed) runs one task per (sample, group).
-Training forward and backward are one autograd node written in C++ (``plane_ops().train``):
-no Python runs per call in backward, which on detection heads' small maps cost as much as
-GroupNorm itself.
+Training forward and backward are one autograd node written in C++ (``extension().train``):
+no Python runs per call in backward, which detection heads' small maps would notice.
 
 Weight standardization (Eq. 9, the published eps-in-sqrt form) has a kernel too, one task per
-block of output channels at a copy's memory traffic: over ResNet-50's weights ~15% faster than
-the reference path's F.layer_norm forward and ~7% backward (tools/benchmark_ws.py).
+block of output channels at a copy's memory traffic (tools/benchmark_ws.py compares it with
+the reference path).
 
-Callers check ``bcn.kernels.serves(x)`` first (BatchChannelNorm2d does, and runs its
+Callers check ``bcn.cpu_kernels.serves(x)`` first (BatchChannelNorm2d does, and runs its
 reference path otherwise). The numerics match the reference composition (tests).
 """
 from typing import Tuple
 
 from torch import Tensor
 
-from .kernels import plane_ops
+from .cpu_kernels import extension
 
 
 def batch_channel_norm_training(x: Tensor, groups: int, bn_weight: Tensor, bn_bias: Tensor,
@@ -38,7 +37,7 @@ def batch_channel_norm_training(x: Tensor, groups: int, bn_weight: Tensor, bn_bi
     ``rate`` towards the batch first (Algorithm 1; constants to autograd), and with update they
     are stored. A batch whose new running state is not finite leaves it as it was and counts
     in skipped_updates. gn_weight / gn_bias: (1, G, 1) per group or (C,) per channel."""
-    return plane_ops().train(x, estimate, *state, float(rate), update, bn_weight, bn_bias,
+    return extension().train(x, estimate, *state, float(rate), update, bn_weight, bn_bias,
                              gn_weight, gn_bias, groups, eps)
 
 
@@ -48,11 +47,11 @@ def batch_channel_norm_inference(x: Tensor, groups: int, bn_weight: Tensor, bn_b
     """BCN with step 1 fixed to (mean, var), outside autograd (the output has no gradient): one
     task per (sample, group), the group's moments and then its output while it is in cache, as
     GroupNorm runs."""
-    return plane_ops().inference_forward(x.contiguous(), mean, var, bn_weight, bn_bias, gn_weight,
+    return extension().inference_forward(x.contiguous(), mean, var, bn_weight, bn_bias, gn_weight,
                                          gn_bias, groups, eps)
 
 
-def weight_standardization(weight: Tensor, eps: float) -> Tensor:
+def standardize_weight(weight: Tensor, eps: float) -> Tensor:
     """(W - mean) / sqrt(var_unbiased + eps) over each output channel's weights, differentiable
     (an autograd node in C++). Needs more than one weight per output channel."""
-    return plane_ops().weight_standardize(weight, eps)
+    return extension().standardize_weight(weight, eps)

@@ -1,4 +1,5 @@
-// BCN's CPU kernels (bcn/fused.py): training forward and backward, and inference.
+// BCN's CPU kernels (bcn/cpu_norm.py): BCN training forward and backward, BCN inference, and
+// weight standardization.
 //
 // A contiguous (N, C, H, W) map is N*C planes of H*W values. Channel c's step-1 statistics
 // involve only the planes (n, c), and group (n, g)'s statistics only the channels of g, so
@@ -28,7 +29,14 @@
 #include <type_traits>
 #include <vector>
 
+// Sections: vector helpers; argument checks and reads; the coefficient algebra; BCN
+// training; BCN inference; weight standardization; Python bindings.
+
 namespace {
+
+// ==============================================================================================
+// Vector helpers: sums in lanes, streaming stores, plane moments
+// ==============================================================================================
 
 // Sums: vector lanes over blocks of at most kBlock values, blocks added in double. The block
 // bound keeps float rounding to ~kBlock/lanes terms, whatever the plane size.
@@ -37,7 +45,7 @@ constexpr int64_t kMinWorkPerTask = 1 << 15;  // values; fewer per task costs mo
 
 // GCC/Clang vector extension: 64 bytes, which the compiler maps onto whatever SIMD width the
 // build targets (4 SSE registers by default). Register accumulators, not arrays in memory:
-// an array accumulator round-trips through the stack every iteration and measured ~2x slower.
+// an array accumulator round-trips through the stack every iteration.
 template <typename T>
 struct Pack {
   typedef T type __attribute__((vector_size(64)));
@@ -85,9 +93,8 @@ inline T lane_sum(const V& v) {
 // sum_i f(i) and sum_i h(i) over [0, n). term(i, f, h) adds f(i..) and h(i..) to f and h,
 // for f, h either one scalar or one Pack of consecutive i (a generic lambda serves both).
 // Forced inline, with moments_of: GCC kept them calls, and on a 4x4 plane (one Pack) a call per
-// plane with its prologue and vzeroupper was a visible share of the work. Training kernels
-// 1-8% faster on 4x4-16x16 maps and ROI batches, large maps unchanged; bitwise identical.
-// (Forcing gradient_sums inline as well cost the backward ~3-5% on large maps.)
+// plane with its prologue and vzeroupper is a visible share of the work. (gradient_sums stays
+// a call: inlined, it slows the backward on large maps.)
 template <typename scalar_t, typename Term>
 [[gnu::always_inline]] inline void two_sums(int64_t n, const Term& term, double& sum_f, double& sum_h) {
   using V = typename Pack<scalar_t>::type;
@@ -171,32 +178,77 @@ void gradient_sums(const scalar_t* g, const scalar_t* x, scalar_t centre, int64_
   }, sum_g, sum_gx);
 }
 
+// ==============================================================================================
+// Argument checks and per-channel reads
+// ==============================================================================================
+
 void check_map(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.device().is_cpu(), "bcn plane ops: ", name, " must be a CPU tensor");
-  TORCH_CHECK(t.dim() == 4 && t.numel() > 0, "bcn plane ops: ", name,
+  TORCH_CHECK(t.device().is_cpu(), "bcn cpu kernels: ", name, " must be a CPU tensor");
+  TORCH_CHECK(t.dim() == 4 && t.numel() > 0, "bcn cpu kernels: ", name,
               " must be a non-empty (N, C, H, W) map, got ", t.sizes());
-  TORCH_CHECK(t.is_contiguous(), "bcn plane ops: ", name, " must be contiguous (NCHW)");
+  TORCH_CHECK(t.is_contiguous(), "bcn cpu kernels: ", name, " must be contiguous (NCHW)");
   TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble,
-              "bcn plane ops: ", name, " must be float32 or float64, got ", t.scalar_type());
+              "bcn cpu kernels: ", name, " must be float32 or float64, got ", t.scalar_type());
 }
 
 void check_grad_and_map(const at::Tensor& g, const at::Tensor& x) {
   check_map(g, "grad");
   check_map(x, "x");
   TORCH_CHECK(g.sizes() == x.sizes() && g.scalar_type() == x.scalar_type(),
-              "bcn plane ops: grad and x differ in shape or dtype");
+              "bcn cpu kernels: grad and x differ in shape or dtype");
 }
 
 void check_groups(int64_t groups, int64_t channels) {
-  TORCH_CHECK(groups > 0 && channels % groups == 0, "bcn plane ops: ", groups,
+  TORCH_CHECK(groups > 0 && channels % groups == 0, "bcn cpu kernels: ", groups,
               " groups do not divide ", channels, " channels");
 }
 
 void check_coefficient(const at::Tensor& t, const at::Tensor& map, const char* name) {
   TORCH_CHECK(t.device().is_cpu() && t.is_contiguous() && t.scalar_type() == map.scalar_type() &&
                   t.numel() == map.size(0) * map.size(1),
-              "bcn plane ops: ", name, " must be a contiguous (N, C) CPU tensor of the map's dtype");
+              "bcn cpu kernels: ", name, " must be a contiguous (N, C) CPU tensor of the map's dtype");
 }
+
+void check_channels(std::initializer_list<const at::Tensor*> ts, const at::Tensor& x) {
+  for (const at::Tensor* t : ts) {
+    TORCH_CHECK(t->device().is_cpu() && t->is_contiguous() && t->numel() == x.size(1) &&
+                    t->scalar_type() == x.scalar_type(),
+                "bcn cpu kernels: per-channel tensors must be contiguous (C,) CPU tensors of the "
+                "map's dtype");
+  }
+}
+
+// BCN's step-2 affine: one value per group ((1, G, 1), the published layout) or per channel.
+void check_affine(std::initializer_list<const at::Tensor*> ts, const at::Tensor& x, int64_t groups) {
+  for (const at::Tensor* t : ts) {
+    TORCH_CHECK(t->device().is_cpu() && t->is_contiguous() && t->scalar_type() == x.scalar_type() &&
+                    (t->numel() == groups || t->numel() == x.size(1)),
+                "bcn cpu kernels: the group affine must be a contiguous CPU tensor of the map's dtype "
+                "with one value per group or per channel");
+  }
+}
+
+// A per-channel tensor as C doubles, read once per call (not once per task); a step-2 affine
+// with one value per group is expanded to its channels.
+template <typename scalar_t>
+std::vector<double> per_channel(const at::Tensor& t, int64_t channels) {
+  const scalar_t* p = t.const_data_ptr<scalar_t>();
+  std::vector<double> out(channels);
+  const int64_t values = t.numel(), repeat = channels / values;
+  // No division per channel and no fill per channel where there is one value per channel: on
+  // small maps with many channels those show. A plain loop converts 8 or 16 values per
+  // instruction.
+  if (repeat == 1) {
+    for (int64_t k = 0; k < values; ++k) out[k] = static_cast<double>(p[k]);
+  } else {
+    for (int64_t k = 0; k < values; ++k) std::fill_n(out.data() + k * repeat, repeat, static_cast<double>(p[k]));
+  }
+  return out;
+}
+
+// ==============================================================================================
+// The coefficient algebra: both steps as one affine map per plane
+// ==============================================================================================
 
 // A plane's output y = a (x - centre) + b, taken around a centre where its values are expected
 // (the channel's step-1 mean): float rounding then stays relative to y, not to x. As a x + b', a
@@ -273,13 +325,38 @@ struct GroupAlgebra {
   }
 };
 
+// Step-1 statistics of the group's channels. Batch mode: the batch's mean and biased
+// variance. Estimate mode (Algorithm 1): the estimates moved at `rate` towards the batch mean
+// and the mean square around the OLD mean estimate.
+void step1_statistics(int64_t n, int64_t d, const double* m, const double* v, bool estimate,
+                      const double* old_mean, const double* old_var, double rate, double* mean,
+                      double* var) {
+  for (int64_t j = 0; j < d; ++j) {
+    double batch_mean = 0.0;
+    for (int64_t s = 0; s < n; ++s) batch_mean += m[s * d + j];
+    batch_mean /= n;
+    const double centre = estimate ? old_mean[j] : batch_mean;
+    double spread = 0.0;
+    for (int64_t s = 0; s < n; ++s) {
+      const double dm = m[s * d + j] - centre;
+      spread += v[s * d + j] + dm * dm;
+    }
+    spread /= n;
+    mean[j] = estimate ? old_mean[j] + rate * (batch_mean - old_mean[j]) : batch_mean;
+    var[j] = estimate ? old_var[j] + rate * (spread - old_var[j]) : spread;
+  }
+}
+
+// ==============================================================================================
+// BCN training: schedule, running state, forward, backward, autograd node
+// ==============================================================================================
+
 // The training kernels' schedule. One task per group reads its block (every sample's d planes)
 // for the sums and writes it while in cache; but a block of many samples with small planes is
 // many short strided chunks, and reading them costs more than a second pass over the map. Those
 // run in memory order: the sums of every plane, then the groups' algebra, then the output.
-// Thresholds measured on a 2-core EPYC (32 KB L1d, 1 MB L2 per core), fp32 forward + backward
-// against one task per group: (64,256,14,14) 0.54x, (512,256,7,7) 0.74x, (16,256,28,28) 0.84x;
-// (32,256,32,32), 32 KB chunks, 1.14x and (1,256,200,336) 1.36x, so those stay per group.
+// The thresholds: a chunk that fits an L1 data cache, in a block larger than it (ROI batches
+// and small maps of many samples); larger chunks and single-sample maps stay per group.
 constexpr int64_t kMaxChunkBytes = 28 << 10;   // one sample's planes of one group
 constexpr int64_t kMinBlockBytes = 128 << 10;  // all samples' planes of one group
 
@@ -344,154 +421,6 @@ void sums_solve_write(int64_t n, int64_t groups, int64_t d, int64_t size, int64_
   rows([&](int64_t plane, int64_t k) { write(plane, coefficients[k]); });
 }
 
-// Step-1 statistics of the group's channels. Batch mode: the batch's mean and biased
-// variance. Estimate mode (Algorithm 1): the estimates moved at `rate` towards the batch mean
-// and the mean square around the OLD mean estimate.
-void step1_statistics(int64_t n, int64_t d, const double* m, const double* v, bool estimate,
-                      const double* old_mean, const double* old_var, double rate, double* mean,
-                      double* var) {
-  for (int64_t j = 0; j < d; ++j) {
-    double batch_mean = 0.0;
-    for (int64_t s = 0; s < n; ++s) batch_mean += m[s * d + j];
-    batch_mean /= n;
-    const double centre = estimate ? old_mean[j] : batch_mean;
-    double spread = 0.0;
-    for (int64_t s = 0; s < n; ++s) {
-      const double dm = m[s * d + j] - centre;
-      spread += v[s * d + j] + dm * dm;
-    }
-    spread /= n;
-    mean[j] = estimate ? old_mean[j] + rate * (batch_mean - old_mean[j]) : batch_mean;
-    var[j] = estimate ? old_var[j] + rate * (spread - old_var[j]) : spread;
-  }
-}
-
-// A per-channel tensor as C doubles, read once per call (not once per task); a step-2 affine
-// with one value per group is expanded to its channels.
-template <typename scalar_t>
-std::vector<double> per_channel(const at::Tensor& t, int64_t channels) {
-  const scalar_t* p = t.const_data_ptr<scalar_t>();
-  std::vector<double> out(channels);
-  const int64_t values = t.numel(), repeat = channels / values;
-  // No division per channel (on 4x4 maps that took 13% of forward + backward), and no fill per
-  // channel where there is one value per channel: a fill_n of one value per channel was 19% of
-  // the forward on a (2, 2048, 4, 4) map. A plain loop converts 8 or 16 values per instruction.
-  if (repeat == 1) {
-    for (int64_t k = 0; k < values; ++k) out[k] = static_cast<double>(p[k]);
-  } else {
-    for (int64_t k = 0; k < values; ++k) std::fill_n(out.data() + k * repeat, repeat, static_cast<double>(p[k]));
-  }
-  return out;
-}
-
-void check_channels(std::initializer_list<const at::Tensor*> ts, const at::Tensor& x) {
-  for (const at::Tensor* t : ts) {
-    TORCH_CHECK(t->device().is_cpu() && t->is_contiguous() && t->numel() == x.size(1) &&
-                    t->scalar_type() == x.scalar_type(),
-                "bcn plane ops: per-channel tensors must be contiguous (C,) CPU tensors of the "
-                "map's dtype");
-  }
-}
-
-// BCN's step-2 affine: one value per group ((1, G, 1), the published layout) or per channel.
-void check_affine(std::initializer_list<const at::Tensor*> ts, const at::Tensor& x, int64_t groups) {
-  for (const at::Tensor* t : ts) {
-    TORCH_CHECK(t->device().is_cpu() && t->is_contiguous() && t->scalar_type() == x.scalar_type() &&
-                    (t->numel() == groups || t->numel() == x.size(1)),
-                "bcn plane ops: the group affine must be a contiguous CPU tensor of the map's dtype "
-                "with one value per group or per channel");
-  }
-}
-
-// Mean and biased variance of a group's step-1 output a_j x + b_j over its d planes of `size`
-// values, in one pass with one pair of accumulators for the whole group. Step 1 is fixed in eval,
-// so no plane needs sums of its own: per-plane sums and their lane reductions made the eval
-// kernel 2.5-3.8x GroupNorm's time on 4x4-6x6 maps. Values are taken as a_j (x - c_j) + (b_j +
-// a_j c_j - shift), c_j = `centre[j]` (the channel's running mean, where the channel's values
-// are expected), so float rounding stays relative to the normalized value, not to x; shift =
-// the group's first output value, as in moments_of. Float lanes, flushed to double every
-// kFlush values or more: flushed per kBlock, a (512,256,7,7) map's error grew from 2e-7 to 9e-7.
-constexpr int64_t kFlush = 256;
-
-template <typename scalar_t>
-void step1_output_moments(const scalar_t* block, int64_t d, int64_t size, const double* a,
-                          const double* b, const double* centre, double& mean, double& var) {
-  using V = typename Pack<scalar_t>::type;
-  constexpr int64_t width = Pack<scalar_t>::width;
-  const double shift = a[0] * block[0] + b[0];
-  double total_f = 0.0, total_h = 0.0;
-  V vf = {}, vh = {};
-  // Values after a plane's last full Pack, in double: planes smaller than a Pack (5x3) send every
-  // value here, and a float sum of 256+ values in one chain lost digits (eval error up to 3.5e-6).
-  double f = 0, h = 0;
-  int64_t pending = 0;
-  const auto flush = [&] {
-    total_f += static_cast<double>(lane_sum<scalar_t>(vf)) + f;
-    total_h += static_cast<double>(lane_sum<scalar_t>(vh)) + h;
-    vf = V{}, vh = V{}, f = 0, h = 0, pending = 0;
-  };
-  for (int64_t j = 0; j < d; ++j) {
-    const scalar_t c = static_cast<scalar_t>(centre[j]), A = static_cast<scalar_t>(a[j]);
-    const scalar_t B = static_cast<scalar_t>(b[j] + a[j] * static_cast<double>(c) - shift);
-    const scalar_t* x = block + j * size;
-    for (int64_t start = 0; start < size; start += kBlock) {
-      const int64_t stop = std::min(size, start + kBlock);
-      int64_t i = start;
-      for (; i + width <= stop; i += width) {
-        const V u = A * (load<V>(x + i) - c) + B;
-        vf += u;
-        vh += u * u;
-      }
-      for (; i < stop; ++i) {
-        const scalar_t u = A * (x[i] - c) + B;
-        f += u;
-        h += u * u;
-      }
-      pending += stop - start;
-      if (pending >= kFlush) flush();
-    }
-  }
-  flush();
-  const double count = static_cast<double>(d * size), offset = total_f / count;
-  mean = shift + offset;
-  var = std::max(total_h / count - offset * offset, 0.0);
-}
-
-// Step 1 fixed (eval): one task per (sample, group) -- the unit GroupNorm itself uses.
-at::Tensor inference_forward(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& var,
-                             const at::Tensor& bn_w, const at::Tensor& bn_b,
-                             const at::Tensor& gamma, const at::Tensor& beta, int64_t groups,
-                             double eps) {
-  RECORD_FUNCTION("bcn::inference_forward", std::vector<c10::IValue>());  // each kernel named in torch.profiler
-  check_map(x, "x");
-  check_channels({&mean, &var, &bn_w, &bn_b}, x);
-  check_affine({&gamma, &beta}, x, groups);
-  const int64_t n = x.size(0), channels = x.size(1), size = x.size(2) * x.size(3);
-  check_groups(groups, channels);
-  const int64_t d = channels / groups;
-  auto y = at::empty_like(x);
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "inference_forward", [&] {
-    const scalar_t* px = x.const_data_ptr<scalar_t>();
-    scalar_t* py = y.mutable_data_ptr<scalar_t>();
-    const auto mean_c = per_channel<scalar_t>(mean, channels), var_c = per_channel<scalar_t>(var, channels);
-    const auto w = per_channel<scalar_t>(bn_w, channels), bb = per_channel<scalar_t>(bn_b, channels);
-    const auto gam = per_channel<scalar_t>(gamma, channels), bet = per_channel<scalar_t>(beta, channels);
-    at::parallel_for(0, n * groups, grain_for(d * size), [&](int64_t begin, int64_t end) {
-      GroupAlgebra alg(1, d, eps);
-      for (int64_t task = begin; task < end; ++task) {
-        const int64_t s = task / groups, c0 = (task % groups) * d;
-        const scalar_t* block = px + (s * channels + c0) * size;
-        alg.step1(&mean_c[c0], &var_c[c0], &w[c0], &bb[c0]);
-        double group_mean, group_var;
-        step1_output_moments(block, d, size, alg.a.data(), alg.b.data(), &mean_c[c0], group_mean, group_var);
-        alg.group(0, group_mean, group_var);
-        alg.write(0, &gam[c0], &bet[c0], &mean_c[c0], block, py + (s * channels + c0) * size, size);
-      }
-    });
-  });
-  return y;
-}
-
 // Running state after a training batch, written only if finite (else counted as skipped):
 // estimate mode -- the updated estimates themselves; batch mode -- BatchNorm's running
 // averages at `momentum`, with the unbiased batch variance.
@@ -538,7 +467,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_for
   check_affine({&gamma, &beta}, x, groups);
   for (const at::Tensor* t : {&batches, &skipped}) {
     TORCH_CHECK(t->device().is_cpu() && t->numel() == 1 && t->scalar_type() == at::kLong,
-                "bcn plane ops: batch counters must be one-element int64 CPU tensors");
+                "bcn cpu kernels: batch counters must be one-element int64 CPU tensors");
   }
   const int64_t n = x.size(0), channels = x.size(1), size = x.size(2) * x.size(3);
   check_groups(groups, channels);
@@ -630,22 +559,31 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_bac
     const auto mean_c = per_channel<scalar_t>(mean, channels), var_c = per_channel<scalar_t>(var, channels);
     const auto w = per_channel<scalar_t>(bn_w, channels), bb = per_channel<scalar_t>(bn_b, channels);
     const auto gam_c = per_channel<scalar_t>(gamma, channels);
-    // Group g from its planes' sums s1, s2 of g and of g (x - the plane's mean rounded to
-    // scalar_t): the parameters' gradients, and each plane's input gradient as
-    // dx = P g + Q (x - mean_j) + K.
+    // Group `group` from its planes' gradient sums. Per plane k = (sample s, channel j) of the
+    // group, with g = dL/dy, m_k its mean, x1 = a_j x + b_j (step 1), z = r_s (x1 - mu_s) and
+    // y = gamma_j z + beta_j (step 2), over the plane's L values:
+    //   sum_g[k] = sum g,   sum_gx[k] = sum g (x - m_k),
+    //   sum_gz[k] = sum g z = r_s (a_j sum_gx[k] + (m1_k - mu_s) sum_g[k]);
+    // step 2 backward, with mean_gamma_g = sum_j gamma_j sum_g / (D L), mean_gamma_gz likewise:
+    //   dx1 = p1 g + q1 x + k1,  p1 = r_s gamma_j,  q1 = -r_s^2 mean_gamma_gz a_j,
+    //   k1 = -r_s mean_gamma_g - r_s^2 mean_gamma_gz (m1_k - mu_s - a_j m_k);
+    // step 1 backward (batch mode: through the batch statistics, over the channel's N L values,
+    // sum_dx1 = sum dx1 and sum_dx1x = sum dx1 (x - step1_mean_j); estimate mode: constants):
+    //   dx = a_j (dx1 - sum_dx1 / (N L) - (x - step1_mean_j) sum_dx1x / ((var_j + eps) N L)),
+    // applied as dx = P g + Q (x - step1_mean_j) + K; and the parameters' gradients.
     struct Gradient { scalar_t P, Q, K; };
     struct Scratch {
-      std::vector<double> m, v, gz, p1, q1, k1, dgamma, dbeta, sum1, sum2;
+      std::vector<double> m, v, sum_gz, p1, q1, k1, dgamma, dbeta, sum_dx1, sum_dx1x;
       GroupAlgebra alg;
-      Scratch(int64_t n, int64_t d, double eps) : m(n * d), v(n * d), gz(n * d), p1(n * d),
-          q1(n * d), k1(n * d), dgamma(d), dbeta(d), sum1(d), sum2(d), alg(n, d, eps) {}
+      Scratch(int64_t n, int64_t d, double eps) : m(n * d), v(n * d), sum_gz(n * d), p1(n * d),
+          q1(n * d), k1(n * d), dgamma(d), dbeta(d), sum_dx1(d), sum_dx1x(d), alg(n, d, eps) {}
     };
-    const auto solve_group = [&](int64_t g, const double* s1, const double* s2, Scratch& t,
+    const auto solve_group = [&](int64_t group, const double* sum_g, const double* sum_gx, Scratch& t,
                                  Gradient* gradient) {
-      const int64_t c0 = g * d;
+      const int64_t c0 = group * d;
       const double len = static_cast<double>(size);
-      auto &m = t.m, &v = t.v, &gz = t.gz, &p1 = t.p1, &q1 = t.q1, &k1 = t.k1;
-      auto &dgamma = t.dgamma, &dbeta = t.dbeta, &sum1 = t.sum1, &sum2 = t.sum2;
+      auto &m = t.m, &v = t.v, &sum_gz = t.sum_gz, &p1 = t.p1, &q1 = t.q1, &k1 = t.k1;
+      auto &dgamma = t.dgamma, &dbeta = t.dbeta, &sum_dx1 = t.sum_dx1, &sum_dx1x = t.sum_dx1x;
       auto& alg = t.alg;
       for (int64_t s = 0; s < n; ++s) {
         for (int64_t j = 0; j < d; ++j) {
@@ -653,60 +591,60 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_bac
           v[s * d + j] = pv[s * channels + c0 + j];
         }
       }
-      const double *mean_g = &mean_c[c0], *var_g = &var_c[c0], *gam = &gam_c[c0];
-      alg.solve(m.data(), v.data(), mean_g, var_g, &w[c0], &bb[c0]);
-      for (auto* acc : {&dgamma, &dbeta, &sum1, &sum2}) std::fill(acc->begin(), acc->end(), 0.0);
+      const double *step1_mean = &mean_c[c0], *step1_var = &var_c[c0], *gam = &gam_c[c0];
+      alg.solve(m.data(), v.data(), step1_mean, step1_var, &w[c0], &bb[c0]);
+      for (auto* acc : {&dgamma, &dbeta, &sum_dx1, &sum_dx1x}) std::fill(acc->begin(), acc->end(), 0.0);
       for (int64_t s = 0; s < n; ++s) {  // GroupNorm part: dx1 = p1 g + q1 x + k1 per plane
         const double r = alg.r[s];
-        double mean_g1 = 0.0, mean_gz = 0.0;
+        double mean_gamma_g = 0.0, mean_gamma_gz = 0.0;
         for (int64_t j = 0; j < d; ++j) {
           const int64_t k = s * d + j;
-          gz[k] = r * (alg.a[j] * s2[k] + (alg.m1[k] - alg.mu[s]) * s1[k]);  // sum g z
-          mean_g1 += gam[j] * s1[k];
-          mean_gz += gam[j] * gz[k];
-          dgamma[j] += gz[k];
-          dbeta[j] += s1[k];
+          sum_gz[k] = r * (alg.a[j] * sum_gx[k] + (alg.m1[k] - alg.mu[s]) * sum_g[k]);  // sum g z
+          mean_gamma_g += gam[j] * sum_g[k];
+          mean_gamma_gz += gam[j] * sum_gz[k];
+          dgamma[j] += sum_gz[k];
+          dbeta[j] += sum_g[k];
         }
-        mean_g1 /= d * len;
-        mean_gz /= d * len;
+        mean_gamma_g /= d * len;
+        mean_gamma_gz /= d * len;
         for (int64_t j = 0; j < d; ++j) {
           const int64_t k = s * d + j;
           p1[k] = r * gam[j];
-          q1[k] = -r * r * mean_gz * alg.a[j];
-          k1[k] = -r * mean_g1 - r * r * mean_gz * (alg.m1[k] - alg.mu[s] - alg.a[j] * m[k]);
+          q1[k] = -r * r * mean_gamma_gz * alg.a[j];
+          k1[k] = -r * mean_gamma_g - r * r * mean_gamma_gz * (alg.m1[k] - alg.mu[s] - alg.a[j] * m[k]);
           // sums over the plane of dx1 and of dx1 (x - mean_j)
-          const double dm = m[k] - mean_g[j];
-          sum1[j] += p1[k] * s1[k] + q1[k] * len * m[k] + k1[k] * len;
-          sum2[j] += p1[k] * (s2[k] + dm * s1[k]) + q1[k] * len * (v[k] + m[k] * dm) +
+          const double dm = m[k] - step1_mean[j];
+          sum_dx1[j] += p1[k] * sum_g[k] + q1[k] * len * m[k] + k1[k] * len;
+          sum_dx1x[j] += p1[k] * (sum_gx[k] + dm * sum_g[k]) + q1[k] * len * (v[k] + m[k] * dm) +
                      k1[k] * len * dm;
         }
       }
       for (int64_t j = 0; j < d; ++j) {  // BatchNorm part
-        const double inv_var = 1.0 / (var_g[j] + eps), count = n * len;
-        const double drop_mean = estimate ? 0.0 : sum1[j] / count;
-        const double drop_x = estimate ? 0.0 : sum2[j] * inv_var / count;
+        const double inv_var = 1.0 / (step1_var[j] + eps), count = n * len;
+        const double drop_mean = estimate ? 0.0 : sum_dx1[j] / count;
+        const double drop_x = estimate ? 0.0 : sum_dx1x[j] * inv_var / count;
         const double aj = alg.a[j];
         // dx = P g + Q x + K, evaluated around the channel's mean: the two normalizations
         // make dx small next to Q x and K where the gradient cancels (few values per
         // channel), and Q (x - centre) keeps float rounding relative to dx, not to x.
-        const scalar_t centre = static_cast<scalar_t>(mean_g[j]);
+        const scalar_t centre = static_cast<scalar_t>(step1_mean[j]);
         for (int64_t s = 0; s < n; ++s) {
           const int64_t k = s * d + j;
           const double q = aj * (q1[k] - drop_x);
           gradient[k] = {static_cast<scalar_t>(aj * p1[k]), static_cast<scalar_t>(q),
-                         static_cast<scalar_t>(aj * (k1[k] - drop_mean + mean_g[j] * drop_x) +
+                         static_cast<scalar_t>(aj * (k1[k] - drop_mean + step1_mean[j] * drop_x) +
                                                q * static_cast<double>(centre))};
         }
-        pdw[c0 + j] = static_cast<scalar_t>(sum2[j] * std::sqrt(inv_var));
-        pdb[c0 + j] = static_cast<scalar_t>(sum1[j]);
+        pdw[c0 + j] = static_cast<scalar_t>(sum_dx1x[j] * std::sqrt(inv_var));
+        pdb[c0 + j] = static_cast<scalar_t>(sum_dx1[j]);
         if (!per_group) {
           pdgamma[c0 + j] = static_cast<scalar_t>(dgamma[j]);
           pdbeta[c0 + j] = static_cast<scalar_t>(dbeta[j]);
         }
       }
       if (per_group) {
-        pdgamma[g] = static_cast<scalar_t>(std::accumulate(dgamma.begin(), dgamma.end(), 0.0));
-        pdbeta[g] = static_cast<scalar_t>(std::accumulate(dbeta.begin(), dbeta.end(), 0.0));
+        pdgamma[group] = static_cast<scalar_t>(std::accumulate(dgamma.begin(), dgamma.end(), 0.0));
+        pdbeta[group] = static_cast<scalar_t>(std::accumulate(dbeta.begin(), dbeta.end(), 0.0));
       }
     };
     sums_solve_write<Gradient>(
@@ -736,8 +674,8 @@ void check_once_differentiable(const char* what, const char* way_out) {
 }
 
 // train_forward / train_backward as one autograd node, in C++: as a Python autograd.Function
-// the node's own overhead (~70 us per forward + backward, GIL, saved-tensor unpacking) was
-// GroupNorm's whole cost on the small maps of detection heads and res5.
+// the node's own overhead (GIL, saved-tensor unpacking) would be as large as GroupNorm's whole
+// cost on the small maps of detection heads and res5.
 struct TrainingBatchChannelNorm : public torch::autograd::Function<TrainingBatchChannelNorm> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
                             bool estimate, const at::Tensor& running_mean,
@@ -771,27 +709,133 @@ struct TrainingBatchChannelNorm : public torch::autograd::Function<TrainingBatch
   }
 };
 
+at::Tensor train(const at::Tensor& x, bool estimate, const at::Tensor& running_mean,
+                 const at::Tensor& running_var, const at::Tensor& batches,
+                 const at::Tensor& skipped, double rate, bool update, const at::Tensor& bn_w,
+                 const at::Tensor& bn_b, const at::Tensor& gamma, const at::Tensor& beta,
+                 int64_t groups, double eps) {
+  return TrainingBatchChannelNorm::apply(x, estimate, running_mean, running_var, batches, skipped,
+                                         rate, update, bn_w, bn_b, gamma, beta, groups, eps);
+}
+
+
+// ==============================================================================================
+// BCN inference: step 1 fixed, one task per (sample, group)
+// ==============================================================================================
+
+// Mean and biased variance of a group's step-1 output a_j x + b_j over its d planes of `size`
+// values, in one pass with one pair of accumulators for the whole group. Step 1 is fixed in eval,
+// so no plane needs sums of its own (per-plane sums and their lane reductions would dominate
+// on small maps). Values are taken as a_j (x - c_j) + (b_j +
+// a_j c_j - shift), c_j = `centre[j]` (the channel's running mean, where the channel's values
+// are expected), so float rounding stays relative to the normalized value, not to x; shift =
+// the group's first output value, as in moments_of. Float lanes, flushed to double every
+// kFlush values or more (per kBlock, the error of maps with many small planes grows).
+constexpr int64_t kFlush = 256;
+
+template <typename scalar_t>
+void step1_output_moments(const scalar_t* block, int64_t d, int64_t size, const double* a,
+                          const double* b, const double* centre, double& mean, double& var) {
+  using V = typename Pack<scalar_t>::type;
+  constexpr int64_t width = Pack<scalar_t>::width;
+  const double shift = a[0] * block[0] + b[0];
+  double total_f = 0.0, total_h = 0.0;
+  V vf = {}, vh = {};
+  // Values after a plane's last full Pack, in double: planes smaller than a Pack (5x3) send every
+  // value here, and a float sum of 256+ values in one chain lost digits (eval error up to 3.5e-6).
+  double f = 0, h = 0;
+  int64_t pending = 0;
+  const auto flush = [&] {
+    total_f += static_cast<double>(lane_sum<scalar_t>(vf)) + f;
+    total_h += static_cast<double>(lane_sum<scalar_t>(vh)) + h;
+    vf = V{}, vh = V{}, f = 0, h = 0, pending = 0;
+  };
+  for (int64_t j = 0; j < d; ++j) {
+    const scalar_t c = static_cast<scalar_t>(centre[j]), A = static_cast<scalar_t>(a[j]);
+    const scalar_t B = static_cast<scalar_t>(b[j] + a[j] * static_cast<double>(c) - shift);
+    const scalar_t* x = block + j * size;
+    for (int64_t start = 0; start < size; start += kBlock) {
+      const int64_t stop = std::min(size, start + kBlock);
+      int64_t i = start;
+      for (; i + width <= stop; i += width) {
+        const V u = A * (load<V>(x + i) - c) + B;
+        vf += u;
+        vh += u * u;
+      }
+      for (; i < stop; ++i) {
+        const scalar_t u = A * (x[i] - c) + B;
+        f += u;
+        h += u * u;
+      }
+      pending += stop - start;
+      if (pending >= kFlush) flush();
+    }
+  }
+  flush();
+  const double count = static_cast<double>(d * size), offset = total_f / count;
+  mean = shift + offset;
+  var = std::max(total_h / count - offset * offset, 0.0);
+}
+
+// Step 1 fixed (eval): one task per (sample, group) -- the unit GroupNorm itself uses.
+at::Tensor inference_forward(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& var,
+                             const at::Tensor& bn_w, const at::Tensor& bn_b,
+                             const at::Tensor& gamma, const at::Tensor& beta, int64_t groups,
+                             double eps) {
+  RECORD_FUNCTION("bcn::inference_forward", std::vector<c10::IValue>());  // each kernel named in torch.profiler
+  check_map(x, "x");
+  check_channels({&mean, &var, &bn_w, &bn_b}, x);
+  check_affine({&gamma, &beta}, x, groups);
+  const int64_t n = x.size(0), channels = x.size(1), size = x.size(2) * x.size(3);
+  check_groups(groups, channels);
+  const int64_t d = channels / groups;
+  auto y = at::empty_like(x);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "inference_forward", [&] {
+    const scalar_t* px = x.const_data_ptr<scalar_t>();
+    scalar_t* py = y.mutable_data_ptr<scalar_t>();
+    const auto mean_c = per_channel<scalar_t>(mean, channels), var_c = per_channel<scalar_t>(var, channels);
+    const auto w = per_channel<scalar_t>(bn_w, channels), bb = per_channel<scalar_t>(bn_b, channels);
+    const auto gam = per_channel<scalar_t>(gamma, channels), bet = per_channel<scalar_t>(beta, channels);
+    at::parallel_for(0, n * groups, grain_for(d * size), [&](int64_t begin, int64_t end) {
+      GroupAlgebra alg(1, d, eps);
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t s = task / groups, c0 = (task % groups) * d;
+        const scalar_t* block = px + (s * channels + c0) * size;
+        alg.step1(&mean_c[c0], &var_c[c0], &w[c0], &bb[c0]);
+        double group_mean, group_var;
+        step1_output_moments(block, d, size, alg.a.data(), alg.b.data(), &mean_c[c0], group_mean, group_var);
+        alg.group(0, group_mean, group_var);
+        alg.write(0, &gam[c0], &bet[c0], &mean_c[c0], block, py + (s * channels + c0) * size, size);
+      }
+    });
+  });
+  return y;
+}
+
+// ==============================================================================================
+// Weight standardization
+// ==============================================================================================
+
 // Weight standardization (BCN_SPEC Eq. 9, the published form): each output channel's row w of
 // k values becomes z = (w - m) s, s = 1 / sqrt(var + eps), var unbiased. One task per block of
 // rows, each row read for its moments and written while in cache: a copy's memory traffic
-// (tools/benchmark_ws.py, ResNet-50's weights: 0.83-0.93x a clone forward, 1.02x an add
-// backward; the reference path through ATen's layer_norm 1.04-1.15x and 1.3-1.4x). Rows are
+// (tools/benchmark_ws.py compares it with a clone and with the reference path). Rows are
 // taken around their rounded mean, so a row far from zero keeps its digits. The gradient is
-// written with streaming stores (it waits for the optimizer; 1.17-1.27x an add before); the
+// written with streaming stores (it waits for the optimizer, not read again soon); the
 // forward's z is not: the convolution reads it next, while it is still in the cache.
 // Backward: dL/dw = s (g - mean(g)) - s^3 / (k - 1) (w - m) sum_j g_j (w_j - m).
-std::tuple<at::Tensor, at::Tensor, at::Tensor> ws_forward(const at::Tensor& weight, double eps) {
-  RECORD_FUNCTION("bcn::ws_forward", std::vector<c10::IValue>());
+std::tuple<at::Tensor, at::Tensor, at::Tensor> standardize_weight_forward(const at::Tensor& weight, double eps) {
+  RECORD_FUNCTION("bcn::standardize_weight_forward", std::vector<c10::IValue>());
   TORCH_CHECK(weight.device().is_cpu() && weight.is_contiguous() &&
                   (weight.scalar_type() == at::kFloat || weight.scalar_type() == at::kDouble),
-              "bcn plane ops: the weight must be a contiguous float32/float64 CPU tensor");
+              "bcn cpu kernels: the weight must be a contiguous float32/float64 CPU tensor");
   const int64_t rows = weight.size(0), k = weight.numel() / std::max<int64_t>(rows, 1);
-  TORCH_CHECK(weight.dim() >= 2 && k > 1, "bcn plane ops: weight standardization needs more "
+  TORCH_CHECK(weight.dim() >= 2 && k > 1, "bcn cpu kernels: weight standardization needs more "
               "than one value per output channel, got shape ", weight.sizes());
   auto z = at::empty_like(weight);
   auto row_mean = at::empty({rows}, weight.options().dtype(at::kDouble));
   auto row_scale = at::empty_like(row_mean);
-  AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "ws_forward", [&] {
+  AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "standardize_weight_forward", [&] {
     const scalar_t* pw = weight.const_data_ptr<scalar_t>();
     scalar_t* pz = z.mutable_data_ptr<scalar_t>();
     double *pm = row_mean.mutable_data_ptr<double>(), *ps = row_scale.mutable_data_ptr<double>();
@@ -814,19 +858,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ws_forward(const at::Tensor& weig
   return {z, row_mean, row_scale};
 }
 
-at::Tensor ws_backward(const at::Tensor& grad, const at::Tensor& weight, const at::Tensor& row_mean,
+at::Tensor standardize_weight_backward(const at::Tensor& grad, const at::Tensor& weight, const at::Tensor& row_mean,
                        const at::Tensor& row_scale) {
-  RECORD_FUNCTION("bcn::ws_backward", std::vector<c10::IValue>());
+  RECORD_FUNCTION("bcn::standardize_weight_backward", std::vector<c10::IValue>());
   TORCH_CHECK(grad.sizes() == weight.sizes() && grad.scalar_type() == weight.scalar_type() &&
                   grad.is_contiguous() && weight.is_contiguous(),
-              "bcn plane ops: grad and weight differ in shape or dtype, or are not contiguous");
+              "bcn cpu kernels: grad and weight differ in shape or dtype, or are not contiguous");
   const int64_t rows = weight.size(0), k = weight.numel() / std::max<int64_t>(rows, 1);
   for (const at::Tensor* t : {&row_mean, &row_scale}) {
     TORCH_CHECK(t->scalar_type() == at::kDouble && t->is_contiguous() && t->numel() == rows,
-                "bcn plane ops: row statistics must be ws_forward's (rows,) float64 tensors");
+                "bcn cpu kernels: row statistics must be standardize_weight_forward's (rows,) float64 tensors");
   }
   auto dw = at::empty_like(weight);
-  AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "ws_backward", [&] {
+  AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "standardize_weight_backward", [&] {
     const scalar_t *pg = grad.const_data_ptr<scalar_t>(), *pw = weight.const_data_ptr<scalar_t>();
     scalar_t* pd = dw.mutable_data_ptr<scalar_t>();
     const double *pm = row_mean.const_data_ptr<double>(), *ps = row_scale.const_data_ptr<double>();
@@ -857,7 +901,7 @@ struct WeightStandardization : public torch::autograd::Function<WeightStandardiz
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& weight,
                             double eps) {
     const auto w = weight.contiguous();
-    auto [z, row_mean, row_scale] = ws_forward(w, eps);
+    auto [z, row_mean, row_scale] = standardize_weight_forward(w, eps);
     ctx->save_for_backward({w, row_mean, row_scale});
     return z;
   }
@@ -866,33 +910,29 @@ struct WeightStandardization : public torch::autograd::Function<WeightStandardiz
                                                  torch::autograd::variable_list grads) {
     check_once_differentiable("BCN's weight-standardization kernels", "set BCN_KERNELS=0");
     const auto saved = ctx->get_saved_variables();
-    return {ws_backward(grads[0].contiguous(), saved[0], saved[1], saved[2]), at::Tensor()};
+    return {standardize_weight_backward(grads[0].contiguous(), saved[0], saved[1], saved[2]), at::Tensor()};
   }
 };
 
-at::Tensor weight_standardize(const at::Tensor& weight, double eps) {
+at::Tensor standardize_weight(const at::Tensor& weight, double eps) {
   return WeightStandardization::apply(weight, eps);
 }
 
-at::Tensor train(const at::Tensor& x, bool estimate, const at::Tensor& running_mean,
-                 const at::Tensor& running_var, const at::Tensor& batches,
-                 const at::Tensor& skipped, double rate, bool update, const at::Tensor& bn_w,
-                 const at::Tensor& bn_b, const at::Tensor& gamma, const at::Tensor& beta,
-                 int64_t groups, double eps) {
-  return TrainingBatchChannelNorm::apply(x, estimate, running_mean, running_var, batches, skipped,
-                                         rate, update, bn_w, bn_b, gamma, beta, groups, eps);
-}
 
 }  // namespace
+
+// ==============================================================================================
+// Python bindings
+// ==============================================================================================
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("inference_forward", &inference_forward, "BCN forward with step 1 fixed, one task per (sample, group)");
   m.def("train_forward", &train_forward, "BCN forward in training, one task per group");
   m.def("train_backward", &train_backward, "BCN backward, one task per group");
-  m.def("weight_standardize", &weight_standardize,
+  m.def("standardize_weight", &standardize_weight,
         "(W - mean) / sqrt(var_unbiased + eps) per output channel, as an autograd node");
-  m.def("ws_forward", &ws_forward, "weight standardization: (z, row mean, row scale)");
-  m.def("ws_backward", &ws_backward, "gradient of ws_forward");
+  m.def("standardize_weight_forward", &standardize_weight_forward, "weight standardization: (z, row mean, row scale)");
+  m.def("standardize_weight_backward", &standardize_weight_backward, "gradient of standardize_weight_forward");
   m.def("runs_in_memory_order", [](const at::Tensor& x, int64_t groups) {
     return in_memory_order(x.size(0), x.size(1) / groups, x.size(2) * x.size(3), x.element_size());
   }, "whether the training kernels take this map in memory order instead of one task per group");

@@ -1,19 +1,18 @@
-"""BCN's CPU kernels (bcn/csrc/plane_ops.cpp): compiled on first use, cached, optional.
+"""BCN's CPU kernels (bcn/csrc/cpu_kernels.cpp): compiled on first use, cached, optional.
 
-The training forward, training backward and inference kernels behind bcn.fused, written
+The training forward, training backward and inference kernels behind bcn.cpu_norm, written
 once in C++ so that no per-shape compilation is ever needed (detection inputs change size
 every image). The build is torch's
 own JIT extension build (a C++ compiler and ninja; ~35 s once per CPU model and torch version,
 cached under $TORCH_EXTENSIONS_DIR, default ~/.cache/torch_extensions). Where it cannot be
-built, ``plane_ops()`` warns once and returns None and BCN runs its reference path.
+built, ``extension()`` warns once and returns None and BCN runs its reference path.
 ``BCN_KERNELS=0`` in the environment turns the kernels off.
 
-The build targets the CPU it runs on (-march=native): on 12x12 maps (DeepLab's res4/res5 at
-toy sizes) the kernels took 1.9-2.1x GroupNorm's time built for baseline x86-64 (SSE2) and
-1.1-1.4x built for the machine's AVX-512 (measured on an AMD EPYC, gcc 12). ATen's own kernels
-pick their instruction set at run time; ours is compiled for one, so the cache name includes the
-CPU's model and feature flags: a build is never loaded on a CPU it was not compiled for (a
-shared home directory on a mixed cluster). Where the CPU can't be identified (no /proc/cpuinfo)
+The build targets the CPU it runs on (-march=native): the kernels' sums are vector code, and a
+build for baseline x86-64 (SSE2) leaves most of a modern CPU's vector width unused. ATen's own
+kernels pick their instruction set at run time; ours is compiled for one, so the cache name
+includes the CPU's model and feature flags: a build is never loaded on a CPU it was not
+compiled for (a shared home directory on a mixed cluster). Where the CPU can't be identified (no /proc/cpuinfo)
 or -march=native does not build, the portable flags are used.
 """
 import functools
@@ -26,10 +25,10 @@ from typing import Optional
 
 import torch
 
-SOURCE = Path(__file__).with_name("csrc") / "plane_ops.cpp"
+SOURCE = Path(__file__).with_name("csrc") / "cpu_kernels.cpp"
 # OpenMP: torch's own intra-op threads (same libgomp soname). -fno-math-errno: std::sqrt may then
 # be vectorized (errno is never read; a negative argument still gives NaN); bitwise-identical
-# results, eval on 4x4-8x8 maps 13-20% faster, training at 6x6 3-6%.
+# results.
 CFLAGS = ["-O3", "-fopenmp", "-fno-math-errno"]
 NATIVE_CFLAGS = CFLAGS + ["-march=native"]
 DTYPES = (torch.float32, torch.float64)
@@ -52,7 +51,7 @@ def serves(x: torch.Tensor) -> bool:
 
 
 @functools.lru_cache(maxsize=None)
-def plane_ops() -> Optional[object]:
+def extension() -> Optional[object]:
     """The compiled module, or None (after one KernelUnavailableWarning) where it can't be."""
     if os.environ.get("BCN_KERNELS", "1") == "0":
         return None
@@ -93,7 +92,7 @@ def extension_name(flags, target_cpu: str) -> str:
     """The name pins source, flags, torch version and target CPU: a cached build of another
     one is never loaded."""
     key = SOURCE.read_bytes() + " ".join(list(flags) + [torch.__version__, target_cpu]).encode()
-    return f"bcn_plane_ops_{hashlib.sha256(key).hexdigest()[:12]}"
+    return f"bcn_cpu_kernels_{hashlib.sha256(key).hexdigest()[:12]}"
 
 
 def cpu_fingerprint() -> str:
