@@ -43,8 +43,14 @@ def test_the_operators_pass_opcheck(fresh_seed):
     torch.library.opcheck(ops.standardize_weight_forward, (weight, 1e-5))
     z, row_mean, row_scale = ops.standardize_weight_forward(weight.detach(), 1e-5)
     torch.library.opcheck(ops.standardize_weight_backward, (torch.randn_like(z), weight.detach(), row_mean, row_scale))
-    # (bcn::triton_forward / triton_backward: opcheck's schema check cannot run Triton's
-    # interpreter; the compiled-network tests below run them through torch.compile)
+    # The Triton operators, here in Triton's interpreter (custom_ops with their own fakes; on a
+    # GPU they are triton_ops: tools/gpu_check.py opchecks them there)
+    scalars = torch.tensor([1e-5, 0.1, 1e-5], dtype=torch.float64)
+    for mode in (0, 1):  # batch, estimate
+        args = (x.clone().requires_grad_(), *params, g, mode, True, *state, rate.float().reshape(1), scalars)
+        torch.library.opcheck(ops.triton_forward, args)
+        saved = [x] + [o.detach() for o in ops.triton_forward(*args)[1:10]]
+        torch.library.opcheck(ops.triton_backward, (torch.randn_like(x), saved, params[2].detach(), g, mode))
 
 
 @pytest.mark.parametrize("impl", ["auto", "triton"])
