@@ -145,7 +145,10 @@ def test_gradcheck(fresh_seed, impl, mode):
     bcn.set_estimate_rate(layer, 0.0)  # estimates stay fixed across gradcheck's evaluations
     x = random_input(2, 16, 3, 3).double().requires_grad_(True)
     params = [layer.weight, layer.bias, layer.pbn.weight, layer.pbn.bias]
-    assert torch.autograd.gradcheck(lambda x, *p: layer(x), (x, *params))
+    # Triton's interpreter runs each of gradcheck's ~700 evaluations at Python speed: there,
+    # its fast mode (the Jacobian against random directions, same tolerances)
+    fast = impl == "triton"
+    assert torch.autograd.gradcheck(lambda x, *p: layer(x), (x, *params), fast_mode=fast)
 
 
 def test_algorithm1_recurrence_over_iterations(fresh_seed):

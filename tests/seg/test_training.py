@@ -146,15 +146,18 @@ def test_killed_and_resumed_run_ends_bit_exact(toy_voc, tmp_path):
 
 
 def test_the_toy_model_trains_compiled(toy_options):
-    """mmengine's compile=True: BCN's kernels run as operators in the compiled graphs, and the
-    estimates still move (the operators return the new running state)."""
+    """mmengine's compile: BCN's kernels run as operators in the compiled graphs, and the
+    estimates still move (the operators return the new running state). The aot_eager backend:
+    dynamo and AOTAutograd, which are what meet BCN's operators (their fake implementations,
+    autograd formulas, returned state); inductor's code for them is tested on a small network
+    in tests/core/test_compile.py (a cold inductor build of this model takes minutes here)."""
     from mmengine.runner import Runner
 
     from tests.seg.helpers import TOY_CONFIG, load_config
 
     # a visualizer of its own: mmseg's runtime names it 'visualizer', and mmengine hands an
     # earlier in-process run's instance (writing into that run's, now deleted, work dir) back
-    toy_options.update({"train_cfg.max_iters": 2, "train_cfg.val_interval": 100, "compile": True,
+    toy_options.update({"train_cfg.max_iters": 2, "train_cfg.val_interval": 100, "compile": {"backend": "aot_eager"},
                         "visualizer.name": "compiled_run_visualizer"})
     runner = Runner.from_cfg(load_config(TOY_CONFIG, **toy_options))
     before = {k: v.clone() for k, v in runner.model.state_dict().items() if "pbn.running_mean" in k}
