@@ -291,3 +291,30 @@ def test_resumed_lazy_run_ends_bit_exact(toy_root, tmp_path):
     momentum = [[s["momentum_buffer"] for s in t["trainer"]["optimizer"]["state"].values()]
                 for t in (a, b)]
     assert momentum[0] and all(torch.equal(x, y) for x, y in zip(*momentum))
+
+
+def test_a_lazy_schedule_scales_to_the_gpu_count_as_the_yaml_one():
+    """train.reference_world_size = 4: on 8 GPUs the batch and LR double, the iterations and
+    periods halve, and the steps and warm-up (fractions of train.max_iter) follow -- what
+    DefaultTrainer.auto_scale_workers does to the YAML twin."""
+    from detectron2.engine import DefaultTrainer
+
+    from bcn_det.lazy import scale_to_world_size
+
+    lazy, yaml = LazyConfig.load(f"{COCO}/mask_rcnn_R_50_FPN_2x_bcn_ws.py"), yaml_twin(f"{COCO}/mask_rcnn_R_50_FPN_2x_bcn_ws")
+    scale_to_world_size(lazy, 8)
+    yaml = DefaultTrainer.auto_scale_workers(yaml, 8)
+    assert lazy.dataloader.train.total_batch_size == yaml.SOLVER.IMS_PER_BATCH == 8
+    assert lazy.optimizer.lr == pytest.approx(yaml.SOLVER.BASE_LR) and yaml.SOLVER.BASE_LR == pytest.approx(0.01)
+    assert lazy.train.max_iter == yaml.SOLVER.MAX_ITER == 360000
+    assert lazy.train.checkpointer.period == yaml.SOLVER.CHECKPOINT_PERIOD
+    multiplier = instantiate(lazy.lr_multiplier)
+    for it, expected in ((0, 1 / 3), (yaml.SOLVER.WARMUP_ITERS, 1.0), (yaml.SOLVER.STEPS[0] - 1, 1.0),
+                         (yaml.SOLVER.STEPS[0], 0.1), (yaml.SOLVER.STEPS[1], 0.01)):
+        assert multiplier(it / lazy.train.max_iter) == pytest.approx(expected), it
+    scale_to_world_size(lazy, 8)  # already scaled: unchanged
+    assert lazy.train.max_iter == 360000
+    odd = LazyConfig.load(f"{COCO}/mask_rcnn_R_50_FPN_2x_bcn_ws.py")
+    odd.train.reference_world_size = 3  # 4 images written for 3 GPUs: 8/3 on 2
+    with pytest.raises(ValueError, match="does not scale to 2 processes"):
+        scale_to_world_size(odd, 2)
