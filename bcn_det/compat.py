@@ -4,7 +4,8 @@ Checked against detectron2 0.6 (the last release; the PyPI republish pb1-detectr
 its main branch at 02b5c4e (2026-06-06), which still reports version 0.6: where main has the
 facility, it is detected and used. Delete each when the oldest supported detectron2 has it.
 
-- ``launch``: 0.6 asserts CUDA and hard-codes NCCL; main runs CPU processes over gloo.
+- ``launch``: 0.6 asserts CUDA and hard-codes NCCL; main runs CPU processes over gloo. Both
+  drop main_func's result in a single process (run() returns the evaluation results).
 - ``allow_cpu_ddp``: create_ddp_model passes device_ids for CPU modules (0.6 and main).
 - ``OptimizerStateInCheckpoints``: 0.6's DefaultTrainer saves no optimizer state (main does).
 - ``data_loader_iterator``: 0.6 and main name SimpleTrainer's iterator differently.
@@ -35,23 +36,24 @@ def launch(main_func, num_processes, num_machines=1, machine_rank=0, dist_url=No
            timeout=datetime.timedelta(minutes=30)):
     """detectron2.engine.launch, also for CPU processes.
 
-    detectron2 0.6's launch asserts CUDA and hard-codes NCCL. With CUDA, or with a detectron2
-    whose launch runs CPU processes itself (main), this calls it unchanged; otherwise it starts
+    detectron2 0.6's launch asserts CUDA and hard-codes NCCL. One process: main_func runs here
+    and its result is returned. With CUDA, or with a detectron2 whose launch runs CPU processes
+    itself (main), this calls detectron2's launch unchanged; otherwise it starts
     ``num_processes`` processes per machine joined by a gloo process group through the same
     torch.distributed rendezvous (``dist_url``, multi-node too).
     """
     from detectron2.engine import launch as d2_launch
     from detectron2.engine.launch import _find_free_port
 
+    world_size = num_processes * num_machines
+    if world_size == 1:  # as detectron2 does it, but returning main_func's result (it drops it)
+        return main_func(*args)
     if torch.cuda.is_available():
         return d2_launch(main_func, num_processes, num_machines, machine_rank, dist_url,
                          args=args, timeout=timeout)
     if _upstream_launch_runs_cpu():
         return d2_launch(_with_cpu_ddp, num_processes, num_machines, machine_rank, dist_url,
                          args=(main_func, *args), timeout=timeout)
-    world_size = num_processes * num_machines
-    if world_size == 1:
-        return main_func(*args)
     if dist_url == "auto":
         if num_machines != 1:
             raise ValueError("dist_url=auto only works on one machine; give tcp://HOST:PORT")

@@ -18,9 +18,12 @@ if [ -n "${DETECTRON2_SOURCE:-}" ]; then
     source_dir=$(cd "$DETECTRON2_SOURCE" && pwd)
     installed=$(.venv/bin/python -c "import detectron2, os; print(os.path.dirname(os.path.dirname(os.path.realpath(detectron2.__file__))))" 2>/dev/null || true)
     if [ "$installed" != "$source_dir" ]; then
-        .venv/bin/python -m pip uninstall -y -q detectron2 2>/dev/null || true
+        # both names: the pinned build is the PyPI republish, whose package is pb1-detectron2
+        .venv/bin/python -m pip uninstall -y -q detectron2 pb1-detectron2 2>/dev/null || true
         # no pyproject.toml: pip must build it where torch is importable (no isolation)
         pip install --no-deps --no-build-isolation --use-pep517 -e "$source_dir"
+        installed=$(.venv/bin/python -c "import detectron2, os; print(os.path.dirname(os.path.dirname(os.path.realpath(detectron2.__file__))))")
+        [ "$installed" = "$source_dir" ] || { echo "setup.sh: detectron2 still imports from $installed, not $source_dir" >&2; exit 1; }
     fi
 elif ! .venv/bin/python -c "import detectron2" 2>/dev/null; then
     .venv/bin/python scripts/build_detectron2.py .cache/detectron2
