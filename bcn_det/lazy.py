@@ -7,6 +7,7 @@ declares them with their defaults):
     train.reference_world_size   the GPU count the schedule is written for; 0: no scaling
     train.statdiff_period        StatDiff / dead-channel records every N iterations; 0: off
 """
+import inspect
 import logging
 import os
 
@@ -25,7 +26,7 @@ from bcn.runs import refuse_to_overwrite
 from .checkpoint import BCNCheckpointer
 from .compat import has_fast_coco_eval
 from .hooks import EstimateRateHook, ExactResumeHook, StatDiffHook
-from .modeling import BCNFactory
+from .modeling import BCNFactory, BCNResNet
 
 logger = logging.getLogger("bcn_det")
 
@@ -57,8 +58,6 @@ def check_lazy_model(model_cfg, path: str = "model") -> None:
     other than what it says: BCN named as a string (detectron2's get_norm knows no "BCN"), a
     ``ws`` argument on a detectron2 class that has none, or BCN layers in detectron2's own
     ResNet with frozen stages (its freeze turns the BatchNorm inside BCN into FrozenBN)."""
-    from .modeling import BCNResNet
-
     for where, node in _walk(model_cfg, path):
         for arg in NORM_ARGUMENTS:
             if node.get(arg) == "BCN":
@@ -84,8 +83,6 @@ def check_lazy_model(model_cfg, path: str = "model") -> None:
 
 
 def _takes_ws(target) -> bool:
-    import inspect
-
     try:
         return "ws" in inspect.signature(target.__init__).parameters
     except (TypeError, ValueError):
