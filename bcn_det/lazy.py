@@ -2,8 +2,8 @@
 tools/lazyconfig_train_net.py, plus what the YAML path has -- the estimate-rate, StatDiff and
 exact-resume hooks, the published-checkpoint reader, GPU-count scaling, the checks of bcn_det.
 
-Keys it reads beyond detectron2's common ``train`` dict (configs/detectron2/common/bcn.py
-declares them with their defaults):
+Keys it reads beyond detectron2's common ``train`` dict (configs/detectron2/common/
+rcnn_fpn_bcn_ws.py declares them with their defaults):
     train.reference_world_size   the GPU count the schedule is written for; 0: no scaling
     train.statdiff_period        StatDiff / dead-channel records every N iterations; 0: off
 """
@@ -25,6 +25,7 @@ from bcn.runs import refuse_to_overwrite
 
 from .checkpoint import BCNCheckpointer
 from .compat import has_fast_coco_eval
+from .engine import check_datasets
 from .hooks import EstimateRateHook, ExactResumeHook, StatDiffHook
 from .modeling import BCNFactory, BCNResNet
 
@@ -193,8 +194,6 @@ def do_train(args, cfg):
 
 
 def main(args):
-    from .engine import check_datasets
-
     cfg = setup(args)
     if cfg.train.device == "cpu":
         keep_freed_memory()  # why: bcn/allocator.py
