@@ -32,8 +32,7 @@ import triton
 import triton.language as tl
 
 BATCH, ESTIMATE, FIXED = 0, 1, 2
-_TILE = 4096          # elements per program per step of the plane passes
-_MAX_PLANE_TILE = 2048
+_TILE = 2048  # elements per program per step of the passes over the map (plane_launch)
 
 
 @triton.jit
@@ -42,11 +41,19 @@ def _finite(v):
 
 
 @triton.jit
-def _plane_block(P, C, stride_n, stride_c, BLOCK_P: tl.constexpr):
-    """This program's BLOCK_P planes p = n * C + c: (p, which are real, their first element)."""
-    planes = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
-    planes64 = planes.to(tl.int64)
-    return planes, planes < P, (planes64 // C) * stride_n + (planes64 % C) * stride_c
+def _plane_tile(P, C, L, CHANNELS_LAST: tl.constexpr, BLOCK_P: tl.constexpr):
+    """This program's BLOCK_P planes p = n * C + c: (p, which are real, their first element, the
+    step between a plane's consecutive positions). NCHW: consecutive planes, each contiguous.
+    channels_last: BLOCK_P consecutive channels of one sample, so that the channel axis -- the
+    contiguous one -- is what neighbouring threads read."""
+    pid = tl.program_id(0)
+    if CHANNELS_LAST:
+        blocks = tl.cdiv(C, BLOCK_P)
+        n = pid // blocks
+        cs = (pid % blocks) * BLOCK_P + tl.arange(0, BLOCK_P)
+        return n * C + cs, cs < C, n.to(tl.int64) * L * C + cs, C
+    planes = pid * BLOCK_P + tl.arange(0, BLOCK_P)
+    return planes, planes < P, planes.to(tl.int64) * L, 1
 
 
 @triton.jit
@@ -70,23 +77,23 @@ def _sample_tile(n0, N, C, cs, cmask, BLOCK_N: tl.constexpr):
 @triton.jit
 def _group_affine(w_ptr, cs, cmask, g, PER_CHANNEL: tl.constexpr):
     """Step 2's gamma or beta for a group's channels: one per channel, or the group's own."""
-    if PER_CHANNEL:
-        return tl.load(w_ptr + cs, mask=cmask, other=0.0).to(tl.float64)
-    return tl.load(w_ptr + g).to(tl.float64)
+    # one [BLOCK_D] shape in both branches (Triton refuses branches of different types)
+    index = cs if PER_CHANNEL else g + 0 * cs
+    return tl.load(w_ptr + index, mask=cmask, other=0.0).to(tl.float64)
 
 
-@triton.jit(do_not_specialize=["P", "C", "L", "stride_n"])
-def _plane_moments(x_ptr, mean_ptr, var_ptr, P, C, L, stride_n, stride_c, stride_l,
+@triton.jit(do_not_specialize=["P"])
+def _plane_moments(x_ptr, mean_ptr, var_ptr, P, C, L, CHANNELS_LAST: tl.constexpr,
                    BLOCK_P: tl.constexpr, BLOCK_L: tl.constexpr, COMPUTE: tl.constexpr):
     """m[p], v[p] (float64, biased) of BLOCK_P planes p = n * C + c."""
-    planes, pmask, base = _plane_block(P, C, stride_n, stride_c, BLOCK_P)
+    planes, pmask, base, step = _plane_tile(P, C, L, CHANNELS_LAST, BLOCK_P)
     count = tl.zeros([BLOCK_P], dtype=tl.float64)
     mean = tl.zeros([BLOCK_P], dtype=tl.float64)
     m2 = tl.zeros([BLOCK_P], dtype=tl.float64)
     for start in range(0, L, BLOCK_L):
         offs = start + tl.arange(0, BLOCK_L)
         mask = pmask[:, None] & (offs < L)[None, :]
-        x = tl.load(x_ptr + base[:, None] + offs.to(tl.int64)[None, :] * stride_l, mask=mask,
+        x = tl.load(x_ptr + base[:, None] + offs.to(tl.int64)[None, :] * step, mask=mask,
                     other=0.0).to(COMPUTE)
         k = tl.minimum(L - start, BLOCK_L)
         tile_mean = tl.sum(x, axis=1) / k
@@ -210,12 +217,12 @@ def _group_coefficients(mean_ptr, var_ptr, a_ptr, b_ptr, gn_w_ptr, gn_b_ptr, sca
     tl.store(rstd_g_ptr + pid, rstd)
 
 
-@triton.jit(do_not_specialize=["P", "C", "L", "stride_n"])
-def _apply(x_ptr, dy_ptr, out_ptr, c_x_ptr, c_m_ptr, c_0_ptr, c_dy_ptr, P, C, L, stride_n,
-           stride_c, stride_l, HAS_DY: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_L: tl.constexpr,
-           COMPUTE: tl.constexpr):
+@triton.jit(do_not_specialize=["P"])
+def _apply(x_ptr, dy_ptr, out_ptr, c_x_ptr, c_m_ptr, c_0_ptr, c_dy_ptr, P, C, L,
+           CHANNELS_LAST: tl.constexpr, HAS_DY: tl.constexpr, BLOCK_P: tl.constexpr,
+           BLOCK_L: tl.constexpr, COMPUTE: tl.constexpr):
     """out = c_x (x - m~) + c_0 [+ c_dy dy], per plane; forward (y) and backward (dx)."""
-    planes, pmask, base = _plane_block(P, C, stride_n, stride_c, BLOCK_P)
+    planes, pmask, base, step = _plane_tile(P, C, L, CHANNELS_LAST, BLOCK_P)
     c_x = tl.load(c_x_ptr + planes, mask=pmask, other=0.0)[:, None]
     c_m = tl.load(c_m_ptr + planes, mask=pmask, other=0.0)[:, None]
     c_0 = tl.load(c_0_ptr + planes, mask=pmask, other=0.0)[:, None]
@@ -224,7 +231,7 @@ def _apply(x_ptr, dy_ptr, out_ptr, c_x_ptr, c_m_ptr, c_0_ptr, c_dy_ptr, P, C, L,
     for start in range(0, L, BLOCK_L):
         offs = start + tl.arange(0, BLOCK_L)
         mask = pmask[:, None] & (offs < L)[None, :]
-        ptrs = base[:, None] + offs.to(tl.int64)[None, :] * stride_l
+        ptrs = base[:, None] + offs.to(tl.int64)[None, :] * step
         x = tl.load(x_ptr + ptrs, mask=mask, other=0.0).to(COMPUTE)
         out = c_x * (x - c_m) + c_0
         if HAS_DY:
@@ -232,19 +239,19 @@ def _apply(x_ptr, dy_ptr, out_ptr, c_x_ptr, c_m_ptr, c_0_ptr, c_dy_ptr, P, C, L,
         tl.store(out_ptr + ptrs, out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit(do_not_specialize=["P", "C", "L", "stride_n"])
-def _plane_gradient_sums(x_ptr, dy_ptr, c_m_ptr, s_ptr, t_ptr, P, C, L, stride_n, stride_c,
-                         stride_l, BLOCK_P: tl.constexpr, BLOCK_L: tl.constexpr,
-                         COMPUTE: tl.constexpr):
+@triton.jit(do_not_specialize=["P"])
+def _plane_gradient_sums(x_ptr, dy_ptr, c_m_ptr, s_ptr, t_ptr, P, C, L,
+                         CHANNELS_LAST: tl.constexpr, BLOCK_P: tl.constexpr,
+                         BLOCK_L: tl.constexpr, COMPUTE: tl.constexpr):
     """S = sum dy and T = sum dy (x - m~) over each plane (float64)."""
-    planes, pmask, base = _plane_block(P, C, stride_n, stride_c, BLOCK_P)
+    planes, pmask, base, step = _plane_tile(P, C, L, CHANNELS_LAST, BLOCK_P)
     c_m = tl.load(c_m_ptr + planes, mask=pmask, other=0.0)[:, None]
     s = tl.zeros([BLOCK_P], dtype=tl.float64)
     t = tl.zeros([BLOCK_P], dtype=tl.float64)
     for start in range(0, L, BLOCK_L):
         offs = start + tl.arange(0, BLOCK_L)
         mask = pmask[:, None] & (offs < L)[None, :]
-        ptrs = base[:, None] + offs.to(tl.int64)[None, :] * stride_l
+        ptrs = base[:, None] + offs.to(tl.int64)[None, :] * step
         x = tl.load(x_ptr + ptrs, mask=mask, other=0.0).to(COMPUTE)
         dy = tl.load(dy_ptr + ptrs, mask=mask, other=0.0).to(COMPUTE)
         s += tl.sum(dy, axis=1).to(tl.float64)
@@ -339,25 +346,52 @@ def _channel_gradients(p_ptr, q_ptr, mean_ptr, c_m_ptr, c_dy_ptr, c_x_ptr, c_0_p
 
 
 def _layout(x: torch.Tensor):
-    """(x as the kernels read it, its strides per sample, channel and position in the plane):
-    channels_last stays channels_last, anything else becomes NCHW-contiguous."""
-    n, c, h, w = x.shape
+    """(x as the kernels read it, whether it is channels_last): channels_last stays
+    channels_last, anything else becomes NCHW-contiguous."""
     if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return x, (h * w * c, 1, c)
-    x = x.contiguous()
-    return x, (c * h * w, h * w, 1)
+        return x, True
+    return x.contiguous(), False
 
 
-def _plane_tiles(planes: int, length: int):
-    block_l = min(triton.next_power_of_2(length), _MAX_PLANE_TILE)
-    block_p = max(1, min(triton.next_power_of_2(planes), _TILE // block_l))
-    return dict(BLOCK_P=block_p, BLOCK_L=block_l), (triton.cdiv(planes, block_p),)
+def plane_launch(n: int, c: int, length: int, channels_last: bool, compute_dtype: torch.dtype):
+    """(tile sizes and warps, grid) of the passes over the map (moments, gradient sums, apply).
+
+    The rule: a tile holds ``_TILE`` elements (half that when the arithmetic is float64) and
+    gets one warp per 256 of them, at most 8: 8 values per thread, with the per-plane float64
+    accumulators beside them, fit the registers without spilling on sm_80-sm_90. NCHW tiles
+    take whole planes up to the tile (several planes of a small map, e.g. ROI batches) and
+    step along longer ones; the fastest axis is the plane, contiguous in memory. channels_last
+    tiles take up to 64 consecutive channels of one sample, so neighbouring threads read
+    neighbouring channels -- the contiguous axis there -- and step along the plane.
+    """
+    tile = _TILE // 2 if compute_dtype == torch.float64 else _TILE
+    planes = n * c
+    if channels_last:
+        block_p = min(triton.next_power_of_2(c), 64)
+        block_l = max(1, min(triton.next_power_of_2(length), tile // block_p))
+        grid = (n * triton.cdiv(c, block_p),)
+    else:
+        block_l = min(triton.next_power_of_2(length), tile)
+        block_p = max(1, min(triton.next_power_of_2(planes), tile // block_l))
+        grid = (triton.cdiv(planes, block_p),)
+    warps = max(1, min(8, block_p * block_l // 256))
+    return dict(BLOCK_P=block_p, BLOCK_L=block_l, CHANNELS_LAST=channels_last,
+                num_warps=warps), grid
 
 
-def _channel_tiles(n: int, c: int):
-    block_c = min(triton.next_power_of_2(c), 128)
-    block_n = max(1, min(triton.next_power_of_2(n), 2048 // block_c))
-    return dict(BLOCK_N=block_n, BLOCK_C=block_c), (triton.cdiv(c, block_c),)
+def channel_launch(n: int, c: int):
+    """(tile sizes and warps, grid) of the per-channel kernels, which read per-plane float64
+    values: 32 channels a program (coalesced 256-byte rows), up to 16 samples a step."""
+    block_c = min(triton.next_power_of_2(c), 32)
+    block_n = max(1, min(triton.next_power_of_2(n), 16))
+    return dict(BLOCK_N=block_n, BLOCK_C=block_c, num_warps=4), (triton.cdiv(c, block_c),)
+
+
+def group_launch(groups_d: int):
+    """Tile and warps of the per-(sample, group) kernels: a group's D channels, one warp for
+    up to 64 of them."""
+    block_d = triton.next_power_of_2(groups_d)
+    return dict(BLOCK_D=block_d, num_warps=max(1, min(4, block_d // 64)))
 
 
 def _compute_dtype(x: torch.Tensor):
@@ -379,16 +413,16 @@ def forward(x, groups, bn_weight, bn_bias, gn_weight, gn_bias, running_mean, run
     (a one-element tensor on x's device). ``update`` (modes BATCH, ESTIMATE): move the running
     state, committed last, after every other kernel has run."""
     run = _launcher(traceable)
-    x, strides = _layout(x)
+    x, channels_last = _layout(x)
     n, c, h, w = x.shape
     length, planes, d = h * w, n * c, c // groups
     compute, coef_dtype = _compute_dtype(x)
     f64 = dict(dtype=torch.float64, device=x.device)
     mean, var = torch.empty(planes, **f64), torch.empty(planes, **f64)
-    tiles, grid = _plane_tiles(planes, length)
-    run(_plane_moments)[grid](x, mean, var, planes, c, length, *strides, COMPUTE=compute, **tiles)
+    tiles, grid = plane_launch(n, c, length, channels_last, coef_dtype)
+    run(_plane_moments)[grid](x, mean, var, planes, c, length, COMPUTE=compute, **tiles)
     a, b, mu, inv, new_mean, new_var = (torch.empty(c, **f64) for _ in range(6))
-    ctiles, cgrid = _channel_tiles(n, c)
+    ctiles, cgrid = channel_launch(n, c)
     flags = torch.zeros(cgrid[0], dtype=torch.int32, device=x.device)
     run(_channel_stats)[cgrid](mean, var, n, c, length, bn_weight, bn_bias, running_mean, running_var,
                                scalars, rate, a, b, mu, inv, new_mean, new_var, flags, MODE=mode,
@@ -399,14 +433,14 @@ def forward(x, groups, bn_weight, bn_bias, gn_weight, gn_bias, running_mean, run
     run(_group_coefficients)[(n * groups,)](mean, var, a, b, gn_weight, gn_bias, scalars, coef_a,
                                             coef_m, coef_k, mu_g, rstd_g, c, groups, d,
                                             PER_CHANNEL_AFFINE=gn_weight.dim() == 1,
-                                            BLOCK_D=triton.next_power_of_2(d))
+                                            **group_launch(d))
     y = torch.empty_like(x)
-    run(_apply)[grid](x, x, y, coef_a, coef_m, coef_k, coef_a, planes, c, length, *strides,
-                      HAS_DY=False, COMPUTE=compute, **tiles)
+    run(_apply)[grid](x, x, y, coef_a, coef_m, coef_k, coef_a, planes, c, length, HAS_DY=False,
+                      COMPUTE=compute, **tiles)
     if update:
         run(_commit_running_state)[(1,)](new_mean, new_var, flags, cgrid[0], running_mean, running_var,
                                          tracked, skipped, c, BLOCK_F=triton.next_power_of_2(cgrid[0]),
-                                         BLOCK_C=min(triton.next_power_of_2(c), 1024))
+                                         BLOCK_C=min(triton.next_power_of_2(c), 1024), num_warps=4)
     return y, (x, mean, var, coef_m, a, b, mu, inv, mu_g, rstd_g)
 
 
@@ -415,32 +449,29 @@ def backward(dy, saved, groups, gn_weight, mode, traceable=False):
     gn's flat ((G,) or (C,))."""
     run = _launcher(traceable)
     x, mean, var, coef_m, a, b, mu, inv, mu_g, rstd_g = saved
-    x, strides = _layout(x)
-    channels_last = strides[1] == 1 and strides[2] != 1
+    x, channels_last = _layout(x)
     dy = dy.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     n, c, h, w = x.shape
     length, planes, d = h * w, n * c, c // groups
     compute, coef_dtype = _compute_dtype(x)
     f64 = dict(dtype=torch.float64, device=x.device)
     s, t = torch.empty(planes, **f64), torch.empty(planes, **f64)
-    tiles, grid = _plane_tiles(planes, length)
-    run(_plane_gradient_sums)[grid](x, dy, coef_m, s, t, planes, c, length, *strides, COMPUTE=compute,
-                                    **tiles)
+    tiles, grid = plane_launch(n, c, length, channels_last, coef_dtype)
+    run(_plane_gradient_sums)[grid](x, dy, coef_m, s, t, planes, c, length, COMPUTE=compute, **tiles)
     c_dy, c_x, c_0, p, q = (torch.empty(planes, **f64) for _ in range(5))
     per_channel = gn_weight.dim() == 1
     shares = planes if per_channel else n * groups
     dgamma, dbeta = torch.empty(shares, **f64), torch.empty(shares, **f64)
     run(_group_gradients)[(n * groups,)](s, t, mean, var, coef_m, a, b, gn_weight, mu_g, rstd_g, c_dy,
                                          c_x, c_0, p, q, dgamma, dbeta, c, groups, d, length,
-                                         PER_CHANNEL_AFFINE=per_channel,
-                                         BLOCK_D=triton.next_power_of_2(d))
+                                         PER_CHANNEL_AFFINE=per_channel, **group_launch(d))
     k_dy = torch.empty(planes, dtype=coef_dtype, device=x.device)
     k_x, k_0 = torch.empty_like(k_dy), torch.empty_like(k_dy)
     dbn_w, dbn_b = torch.empty(c, **f64), torch.empty(c, **f64)
-    ctiles, cgrid = _channel_tiles(n, c)
+    ctiles, cgrid = channel_launch(n, c)
     run(_channel_gradients)[cgrid](p, q, mean, coef_m, c_dy, c_x, c_0, a, mu, inv, k_dy, k_x, k_0,
                                    dbn_w, dbn_b, n, c, length, MODE=mode, **ctiles)
     dx = torch.empty_like(x)
-    run(_apply)[grid](x, dy, dx, k_x, coef_m, k_0, k_dy, planes, c, length, *strides, HAS_DY=True,
+    run(_apply)[grid](x, dy, dx, k_x, coef_m, k_0, k_dy, planes, c, length, HAS_DY=True,
                       COMPUTE=compute, **tiles)
     return dx, dbn_w, dbn_b, dgamma.view(n, -1).sum(0), dbeta.view(n, -1).sum(0)

@@ -2,6 +2,8 @@
 
 Imported only where Triton runs (CUDA tensors, or CPU tensors with TRITON_INTERPRET=1).
 """
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
@@ -18,8 +20,9 @@ class TritonBatchChannelNorm(torch.autograd.Function):
     def forward(ctx, x, bn_weight, bn_bias, gn_weight, gn_bias, groups, mode, update, state,
                 rate, scalars):
         running_mean, running_var, tracked, skipped = state
-        y, saved = tk.forward(x, groups, bn_weight, bn_bias, gn_weight, gn_bias, running_mean,
-                              running_var, tracked, skipped, rate, scalars, mode, update)
+        with _on(x.device):
+            y, saved = tk.forward(x, groups, bn_weight, bn_bias, gn_weight, gn_bias, running_mean,
+                                  running_var, tracked, skipped, rate, scalars, mode, update)
         ctx.save_for_backward(*saved, bn_weight, bn_bias, gn_weight, gn_bias)
         ctx.groups, ctx.mode, ctx.scalars = groups, mode, scalars
         return y
@@ -28,7 +31,8 @@ class TritonBatchChannelNorm(torch.autograd.Function):
     def backward(ctx, dy):
         *saved, bn_weight, bn_bias, gn_weight, gn_bias = ctx.saved_tensors
         try:
-            dx, dbw, dbb, dgw, dgb = tk.backward(dy, tuple(saved), ctx.groups, gn_weight, ctx.mode)
+            with _on(dy.device):
+                dx, dbw, dbb, dgw, dgb = tk.backward(dy, tuple(saved), ctx.groups, gn_weight, ctx.mode)
         except Exception as error:  # a variant that does not compile here: same gradients, slower
             from . import dispatch
 
@@ -67,6 +71,13 @@ def _reference_backward(ctx, dy, saved, bn_weight, bn_bias, gn_weight, gn_bias):
             y = (z.view(n, ctx.groups, -1) * gw.to(dtype) + gb.to(dtype)).view_as(z)
         grads = torch.autograd.grad(y, inputs, dy.to(dtype))
     return (grads[0].to(x.dtype),) + tuple(g.reshape(-1).double() for g in grads[1:])
+
+
+def _on(device: torch.device):
+    """Make ``device`` current while kernels launch there: Triton launches on the current CUDA
+    device, which need not be the tensors' (a model on cuda:1 in a process whose current
+    device is cuda:0)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def batch_channel_norm(x, groups, bn_weight, bn_bias, gn_weight, gn_bias, mode, update, state,
@@ -142,8 +153,13 @@ def self_check(device: torch.device, dtype: torch.dtype) -> str:
     """The first-use check: a small map in each mode, forward and backward, against the float64
     reference. Returns "" when they agree, else what differed."""
     problems = []
-    for mode in ("batch", "estimate", "fixed"):
-        for name, error in compare_with_reference(device, dtype, mode=mode).items():
+    # autograd on, whatever the caller's context: a first use under torch.no_grad() or
+    # torch.inference_mode() (an evaluation, a demo) must check the backward all the same
+    with torch.inference_mode(False), torch.enable_grad(), _on(device):
+        results = {mode: compare_with_reference(device, dtype, mode=mode)
+                   for mode in ("batch", "estimate", "fixed")}
+    for mode, errors in results.items():
+        for name, error in errors.items():
             if not error <= TOLERANCE[dtype]:
                 problems.append(f"{mode} mode {name}: relative error {error:.2e} > {TOLERANCE[dtype]:.0e}")
     return "; ".join(problems)
