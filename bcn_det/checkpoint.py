@@ -7,6 +7,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling.backbone.resnet import ResNet
 
+from bcn.checkpoint_fit import Fit, describe_unreadable, model_weights, require_fit
 from bcn.pretrained import CheckpointError, canonicalize, check_readable, match_state_dict
 
 from .compat import forget_failed_load
@@ -45,7 +46,25 @@ class BCNCheckpointer(DetectionCheckpointer):
     """DetectionCheckpointer that also reads the published BCN+WS files (any variant) as
     MODEL.WEIGHTS: they fill the model's ResNet exactly -- a missing, extra or mis-shaped
     backbone tensor is an error naming it -- and everything else (FPN, heads) starts from its
-    initialization. An estimate-mode model's estimates start from the BatchNorm statistics."""
+    initialization. An estimate-mode model's estimates start from the BatchNorm statistics.
+
+    Any other checkpoint must fit the model (bcn.checkpoint_fit): completely for evaluation
+    (``evaluation=True``) and resume, and without mis-shaped tensors as training's
+    initialization -- where detectron2 would skip what does not fit with warnings and go on.
+    ``partial=True`` (MODEL.WEIGHTS_PARTIAL, train.partial_weights) loads what fits, as
+    detectron2 does."""
+
+    def __init__(self, model, save_dir="", *, evaluation=False, partial=False, lazy=False,
+                 **checkpointables):
+        super().__init__(model, save_dir, **checkpointables)
+        self.evaluation, self.partial, self.lazy = evaluation, partial, lazy
+        self._purpose = "complete" if evaluation else "init"
+
+    def resume_or_load(self, path, *, resume=True):
+        resuming = resume and self.has_checkpoint()
+        self._purpose = "partial" if self.partial else (
+            "complete" if resuming or self.evaluation else "init")
+        return super().resume_or_load(path, resume=resume)
 
     def load(self, path, *args, **kwargs):
         try:
@@ -53,18 +72,39 @@ class BCNCheckpointer(DetectionCheckpointer):
         finally:
             forget_failed_load(self)
 
+    def _load_model(self, checkpoint):
+        kind = checkpoint.pop("__bcn_kind__", "detectron2 checkpoint")
+        incompatible = super()._load_model(checkpoint)
+        if checkpoint.get("__author__") == "bcn_published":
+            return incompatible  # matched exactly already (match_state_dict)
+        model = self.model.state_dict()
+        missing = [k for k in incompatible.missing_keys if not k.endswith("num_batches_tracked")]
+        shapes = [f"{k}: checkpoint {tuple(a)} vs model {tuple(b)}" for k, a, b in incompatible.incorrect_shapes]
+        wrong = set(missing) | {k for k, _, _ in incompatible.incorrect_shapes}
+        fit = Fit(matched=[k for k in model if k not in wrong], missing=missing, mismatched=shapes,
+                  unexpected=list(incompatible.unexpected_keys), total=len(model))
+        force = "train.partial_weights=True" if self.lazy else "MODEL.WEIGHTS_PARTIAL True"
+        require_fit(fit, self._purpose, self._loading, kind, force)
+        return incompatible
+
     def _load_file(self, filename):
+        self._loading = filename
         if filename.endswith((".pth", ".tar")):
             check_readable(filename)
             try:
                 obj = torch.load(filename, map_location="cpu", weights_only=True)
-            except Exception:
-                return super()._load_file(filename)  # detectron2's own loading reports it
+            except Exception as error:
+                raise CheckpointError(
+                    f"{filename}: cannot be loaded safely (weights only): it is "
+                    f"{describe_unreadable(filename)}, not a detectron2 checkpoint or a published "
+                    f"BCN+WS file ({type(error).__name__}). Use a checkpoint of this config's "
+                    "runs, or convert the weights to a plain state dict") from None
             notes = []
             try:
                 state = canonicalize(obj, notes)
             except CheckpointError:  # a native checkpoint: what detectron2 does, without re-reading
-                return obj if isinstance(obj, dict) and "model" in obj else {"model": obj}
+                kind, state = model_weights(obj)
+                return dict(obj if kind.startswith("detectron2") else {}, model=state, __bcn_kind__=kind)
             prefix, resnet = find_resnet(self.model)
             mapped = canonical_to_detectron2(state)
             match_state_dict(mapped, resnet.state_dict(), what=f"{filename} (BCN+WS ImageNet)")
@@ -73,3 +113,4 @@ class BCNCheckpointer(DetectionCheckpointer):
             model = {prefix + k: v for k, v in mapped.items()}
             return {"model": model, "__author__": "bcn_published", "matching_heuristics": False}
         return super()._load_file(filename)
+

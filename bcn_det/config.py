@@ -37,6 +37,10 @@ def add_bcn_config(cfg: CN) -> CN:
     cfg.DIAGNOSTICS = CN()
     cfg.DIAGNOSTICS.STATDIFF_PERIOD = 0
 
+    # Load MODEL.WEIGHTS even where it does not fit the model (tensors missing or mis-shaped
+    # are skipped, as detectron2 does); by default such a checkpoint is an error (bcn_det.checkpoint).
+    cfg.MODEL.WEIGHTS_PARTIAL = False
+
     # The toy dataset's location (bcn_det.toy); empty: $DETECTRON2_DATASETS/bcn_toy_coco.
     cfg.DATASETS.TOY_ROOT = ""
     return cfg

@@ -1,6 +1,7 @@
 """The training entry point behind tools/train_net.py for YAML configs: detectron2's
 DefaultTrainer with the estimate-rate hook, a COCO evaluator that works with or without
 detectron2's C++ ops, and the config checks of bcn_det. LazyConfigs: bcn_det.lazy."""
+import functools
 import logging
 import os
 import weakref
@@ -10,6 +11,7 @@ from detectron2.engine import DefaultTrainer, default_argument_parser, default_s
 from detectron2.evaluation import COCOEvaluator
 
 from bcn.allocator import keep_freed_memory
+from bcn.pretrained import CheckpointError
 from bcn.runs import refuse_to_overwrite
 
 from .checkpoint import BCNCheckpointer
@@ -38,6 +40,7 @@ class Trainer(OptimizerStateInCheckpoints, DefaultTrainer):
         # DefaultTrainer.__init__ made a DetectionCheckpointer just before calling this; ours
         # also reads the published BCN+WS files, and the checkpoint hook must save through it.
         self.checkpointer = BCNCheckpointer(self.checkpointer.model, self.cfg.OUTPUT_DIR,
+                                            partial=self.cfg.MODEL.WEIGHTS_PARTIAL,
                                             trainer=weakref.proxy(self))
         hooks = [ExactResumeHook(), EstimateRateHook()] + super().build_hooks()
         if self.cfg.DIAGNOSTICS.STATDIFF_PERIOD > 0:
@@ -96,7 +99,8 @@ def main(args):
     check_datasets(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        BCNCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        BCNCheckpointer(model, save_dir=cfg.OUTPUT_DIR, evaluation=True,
+                        partial=cfg.MODEL.WEIGHTS_PARTIAL).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume)
         return Trainer.test(cfg, model)
     trainer = Trainer(cfg)
@@ -114,6 +118,15 @@ def argument_parser():
     return parser
 
 
+def _user_errors_in_one_line(entry, args):
+    """A checkpoint that does not fit (or cannot be read) ends the run with its message, not a
+    traceback: the message names the file, what is wrong and what to do."""
+    try:
+        return entry(args)
+    except CheckpointError as error:
+        raise SystemExit(f"error: {error}") from None
+
+
 def run(argv=None):
     """tools/train_net.py: a YAML config through this module, a LazyConfig (.py) through
     bcn_det.lazy; the same options for both."""
@@ -121,5 +134,5 @@ def run(argv=None):
 
     args = argument_parser().parse_args(argv)
     entry = lazy.main if lazy.is_lazy_config(args.config_file) else main
-    return launch(entry, args.num_gpus, num_machines=args.num_machines,
+    return launch(functools.partial(_user_errors_in_one_line, entry), args.num_gpus, num_machines=args.num_machines,
                   machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))

@@ -165,7 +165,8 @@ def do_train(args, cfg):
     train_loader = instantiate(cfg.dataloader.train)
     model = defaults.create_ddp_model(model, **cfg.train.ddp)
     trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, train_loader, optimizer)
-    checkpointer = BCNCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+    checkpointer = BCNCheckpointer(model, cfg.train.output_dir, lazy=True,
+                                   partial=cfg.train.get("partial_weights", False), trainer=trainer)
     results = {}
 
     def test_and_keep():
@@ -203,7 +204,8 @@ def main(args):
     if args.eval_only:
         model = instantiate(cfg.model)
         model.to(cfg.train.device)
-        BCNCheckpointer(model, save_dir=cfg.train.output_dir).resume_or_load(
+        BCNCheckpointer(model, save_dir=cfg.train.output_dir, evaluation=True, lazy=True,
+                        partial=cfg.train.get("partial_weights", False)).resume_or_load(
             cfg.train.init_checkpoint, resume=args.resume)
         return do_test(cfg, model)
     return do_train(args, cfg)

@@ -13,7 +13,10 @@ from mmengine.logging import print_log
 from mmengine.model.weight_init import BaseInit, update_init_info
 from mmengine.registry import WEIGHT_INITIALIZERS
 
-from bcn.pretrained import match_state_dict, read_published
+import torch
+
+from bcn.checkpoint_fit import compare, describe_unreadable, model_weights, require_fit
+from bcn.pretrained import CheckpointError, canonicalize, match_state_dict, read_published
 
 
 @WEIGHT_INITIALIZERS.register_module(name="BCNPretrained", force=True)
@@ -34,3 +37,24 @@ class BCNPretrainedInit(BaseInit):
 
     def _get_init_info(self):
         return f"{self.__class__.__name__}: load from {self.checkpoint}"
+
+
+def check_checkpoint_fits(model, path: str, purpose: str) -> None:
+    """Raise bcn.checkpoint_fit.CheckpointMismatchError unless the checkpoint at ``path`` fits
+    ``model`` for ``purpose`` ("complete": test and resume; "init": load_from for training;
+    "partial": anything) -- mmengine loads with strict=False and only warns."""
+    if "://" in path:
+        return
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise CheckpointError(
+            f"{path}: cannot be loaded safely (weights only): it is {describe_unreadable(path)}, "
+            f"not an MMSegmentation checkpoint ({type(error).__name__})") from None
+    try:
+        kind, state = "published BCN+WS ImageNet file (a backbone)", canonicalize(obj)
+    except CheckpointError:
+        kind, state = model_weights(obj)
+    model = getattr(model, "module", model)
+    require_fit(compare(state, model.state_dict()), purpose, path, kind,
+                "add --partial-weights to tools/train_seg.py / tools/test_seg.py")

@@ -11,6 +11,7 @@ import torch.distributed as dist
 from mmengine.config import Config, DictAction
 
 from bcn.allocator import keep_freed_memory
+from bcn.pretrained import CheckpointError
 from bcn.runs import refuse_to_overwrite
 
 from .registry import BCN_TYPES, CONV_TYPES
@@ -31,6 +32,9 @@ def parse_args(test: bool):
                             help="start a new run in a work-dir that holds one, overwriting it")
         parser.add_argument("--amp", action="store_true",
                             help="mixed precision (mmengine's AmpOptimWrapper, dynamic loss scale)")
+    parser.add_argument("--partial-weights", action="store_true",
+                        help="load a checkpoint even where it does not fit the model (missing or "
+                        "mis-shaped tensors are skipped, as mmengine does); else that is an error")
     parser.add_argument("--data-root", help="dataset root (else $VOC_ROOT, else the config's)")
     parser.add_argument("--cfg-options", nargs="+", action=DictAction, help="override config keys")
     parser.add_argument("--launcher", choices=["none", "pytorch"], default="none")
@@ -115,6 +119,23 @@ def _check_checkpoint(path: str) -> None:
         raise SystemExit(str(e)) from None
 
 
+def _check_weights(runner, cfg, args, test: bool) -> None:
+    """The checkpoint mmengine is about to load fits the model (bcn_seg.checkpoint): completely
+    to test or resume, without mis-shaped tensors as load_from for training."""
+    from .checkpoint import check_checkpoint_fits
+
+    partial = args.partial_weights
+    if test:
+        check_checkpoint_fits(runner.model, args.checkpoint, "partial" if partial else "complete")
+        return
+    last = osp.join(cfg.work_dir, "last_checkpoint")
+    if cfg.resume and osp.exists(last):
+        with open(last) as f:
+            check_checkpoint_fits(runner.model, f.read().strip(), "partial" if partial else "complete")
+    elif cfg.get("load_from"):
+        check_checkpoint_fits(runner.model, cfg.load_from, "partial" if partial else "init")
+
+
 def check_work_dir(cfg, args) -> None:
     if not (args.resume or args.overwrite):
         refuse_to_overwrite(cfg.work_dir, "--work-dir")
@@ -178,7 +199,10 @@ def run(test: bool) -> None:
                 with open(last) as f:
                     _check_checkpoint(f.read().strip())
         runner = Runner.from_cfg(cfg)
+        _check_weights(runner, cfg, args, test)
         runner.test() if test else runner.train()
+    except CheckpointError as error:  # one line, no traceback: the message says what to do
+        raise SystemExit(f"error: {error}") from None
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
