@@ -19,6 +19,7 @@ import functools
 import hashlib
 import logging
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -80,8 +81,10 @@ def _build():
     attempts = [(NATIVE_CFLAGS, cpu)] if cpu else []
     attempts.append((CFLAGS, ""))
     for i, (flags, target) in enumerate(attempts):
+        name = extension_name(flags, target)
+        announce_build(_build_folder(cpp_extension, name), name)
         try:
-            return cpp_extension.load(name=extension_name(flags, target), sources=[str(SOURCE)],
+            return cpp_extension.load(name=name, sources=[str(SOURCE)],
                                       extra_cflags=flags, extra_ldflags=["-fopenmp"], verbose=False)
         except Exception:
             if i == len(attempts) - 1:
@@ -89,10 +92,37 @@ def _build():
 
 
 def extension_name(flags, target_cpu: str) -> str:
-    """The name pins source, flags, torch version and target CPU: a cached build of another
-    one is never loaded."""
-    key = SOURCE.read_bytes() + " ".join(list(flags) + [torch.__version__, target_cpu]).encode()
+    """The name pins source (its text and its path), flags, torch version, the Python
+    environment and the target CPU: a cached build of another one is never loaded, and two
+    checkouts or environments sharing one cache folder never rebuild each other's (torch
+    rebuilds an extension whose sources or include paths differ from its last build)."""
+    parts = list(flags) + [torch.__version__, target_cpu, str(SOURCE.resolve()), sys.prefix,
+                           str(Path(torch.__file__).resolve().parent)]
+    key = SOURCE.read_bytes() + "\0".join(parts).encode()
     return f"bcn_cpu_kernels_{hashlib.sha256(key).hexdigest()[:12]}"
+
+
+def _build_folder(cpp_extension, name: str) -> str:
+    try:
+        return cpp_extension._get_build_directory(name, verbose=False)
+    except Exception:  # a private helper of torch's; the folder is only for the message
+        root = os.environ.get("TORCH_EXTENSIONS_DIR", "~/.cache/torch_extensions")
+        return os.path.join(os.path.expanduser(root), name)
+
+
+def announce_build(folder: str, name: str) -> Optional[str]:
+    """One line on stderr before torch's extension build blocks silently: the first build
+    (tens of seconds), or a wait for another process's build (torch's lock file). Returns it."""
+    if os.path.exists(os.path.join(folder, "lock")):
+        line = (f"BCN: waiting for another process to finish building BCN's CPU kernels in {folder} "
+                "(if none is running, delete its 'lock' file)")
+    elif not os.path.exists(os.path.join(folder, f"{name}.so")):
+        line = (f"BCN: building BCN's CPU kernels in {folder} (once per environment, ~1 minute; "
+                "TORCH_EXTENSIONS_DIR chooses the folder)")
+    else:
+        return None
+    print(line, file=sys.stderr, flush=True)
+    return line
 
 
 def cpu_fingerprint() -> str:

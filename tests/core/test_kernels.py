@@ -298,3 +298,33 @@ def test_a_build_for_one_cpu_is_never_loaded_on_another(ops):
     names = {here, cpu_kernels.extension_name(native, "cpu A"), cpu_kernels.extension_name(native, "cpu B"),
              cpu_kernels.extension_name(cpu_kernels.CFLAGS, "")}
     assert len(names) == 4
+
+
+def test_build_name_is_unique_to_the_checkout_and_environment(monkeypatch, tmp_path):
+    """Two checkouts or virtual environments sharing ~/.cache/torch_extensions never build
+    under one name (torch would rebuild each over the other)."""
+
+    here = cpu_kernels.extension_name(cpu_kernels.CFLAGS, "cpu")
+    assert here == cpu_kernels.extension_name(cpu_kernels.CFLAGS, "cpu")
+    monkeypatch.setattr(sys, "prefix", str(tmp_path / "other-venv"))
+    assert cpu_kernels.extension_name(cpu_kernels.CFLAGS, "cpu") != here
+    monkeypatch.undo()
+    copy = tmp_path / "checkout" / "cpu_kernels.cpp"
+    copy.parent.mkdir()
+    copy.write_bytes(cpu_kernels.SOURCE.read_bytes())
+    monkeypatch.setattr(cpu_kernels, "SOURCE", copy)
+    assert cpu_kernels.extension_name(cpu_kernels.CFLAGS, "cpu") != here
+
+
+def test_a_build_or_a_wait_for_one_says_so(tmp_path, capsys):
+    folder = tmp_path / "bcn_cpu_kernels_x"
+    line = cpu_kernels.announce_build(str(folder), "bcn_cpu_kernels_x")
+    assert line.startswith("BCN: building") and str(folder) in line and "TORCH_EXTENSIONS_DIR" in line
+    folder.mkdir()
+    (folder / "lock").touch()
+    line = cpu_kernels.announce_build(str(folder), "bcn_cpu_kernels_x")
+    assert line.startswith("BCN: waiting for another process") and str(folder) in line
+    (folder / "lock").unlink()
+    (folder / "bcn_cpu_kernels_x.so").touch()
+    assert cpu_kernels.announce_build(str(folder), "bcn_cpu_kernels_x") is None
+    assert capsys.readouterr().err.count("\n") == 2
