@@ -1,9 +1,11 @@
 """What both frameworks' launchers and toy datasets share about folders on disk (not BCN
 itself, so not in bcn's namespace)."""
 import shutil
+import sys
 import tempfile
+import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 
 def refuse_to_overwrite(run_dir: str, setting: str) -> None:
@@ -13,7 +15,34 @@ def refuse_to_overwrite(run_dir: str, setting: str) -> None:
     if last.exists():
         raise SystemExit(f"{run_dir} already holds a training run (last checkpoint "
                          f"{last.read_text().strip()}): pass --resume to continue it, --overwrite "
-                         f"to start again over it, or choose another {setting}")
+                         f"to start a new one (the old run is moved aside), or choose another {setting}")
+
+
+def prepare_run_dir(run_dir: str, setting: str, *, resume: bool, overwrite: bool,
+                    move: bool = True) -> Optional[Path]:
+    """Before anything writes into ``run_dir`` (launchers call this before the frameworks set
+    up): resuming, or a folder without a run, keep it as it is; a folder with a run is refused
+    (refuse_to_overwrite), or with ``overwrite`` moved aside whole to a dated sibling folder,
+    so that the new run starts in an empty one and no file of the two runs mixes. ``move``:
+    whether this process moves it (one process of a multi-process job). Returns where the old
+    run went."""
+    if resume:
+        return None
+    folder = Path(run_dir)
+    if not overwrite:
+        refuse_to_overwrite(run_dir, setting)
+        return None
+    if not move or not folder.is_dir() or not any(folder.iterdir()):
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = folder.with_name(f"{folder.name}.replaced-{stamp}")
+    suffix = 1
+    while target.exists():
+        target = folder.with_name(f"{folder.name}.replaced-{stamp}-{suffix}")
+        suffix += 1
+    folder.rename(target)
+    print(f"--overwrite: moved the previous run in {folder} to {target}", file=sys.stderr, flush=True)
+    return target
 
 
 def generate_once(root, done_marker: str, write: Callable[[Path], None]) -> Path:

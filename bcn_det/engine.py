@@ -12,7 +12,7 @@ from detectron2.evaluation import COCOEvaluator
 
 from bcn.allocator import keep_freed_memory
 from bcn.pretrained import CheckpointError
-from bcn.runs import refuse_to_overwrite
+from bcn.runs import prepare_run_dir
 
 from .checkpoint import BCNCheckpointer
 from .compat import OptimizerStateInCheckpoints, has_fast_coco_eval, launch
@@ -65,11 +65,6 @@ def setup(args):
     return cfg
 
 
-def check_output_dir(cfg, args) -> None:
-    if not (args.eval_only or args.resume or args.overwrite):
-        refuse_to_overwrite(cfg.OUTPUT_DIR, "OUTPUT_DIR")
-
-
 def check_datasets(names) -> None:
     """A dataset whose files are missing fails here, naming them and the fix, before any work."""
     from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -95,7 +90,6 @@ def main(args):
     cfg = setup(args)
     if cfg.MODEL.DEVICE == "cpu":
         keep_freed_memory()  # why: bcn/allocator.py
-    check_output_dir(cfg, args)
     check_datasets(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
     if args.eval_only:
         model = Trainer.build_model(cfg)
@@ -133,6 +127,12 @@ def run(argv=None):
     from . import lazy
 
     args = argument_parser().parse_args(argv)
-    entry = lazy.main if lazy.is_lazy_config(args.config_file) else main
+    lazy_config = lazy.is_lazy_config(args.config_file)
+    entry = lazy.main if lazy_config else main
+    if not args.eval_only:  # here, before any process of the job writes into the folder
+        output_dir, setting = (lazy.output_dir(args) if lazy_config
+                               else (load_config(args.config_file, args.opts).OUTPUT_DIR, "OUTPUT_DIR"))
+        prepare_run_dir(output_dir, setting, resume=args.resume, overwrite=args.overwrite,
+                        move=args.machine_rank == 0)
     return launch(functools.partial(_user_errors_in_one_line, entry), args.num_gpus, num_machines=args.num_machines,
                   machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))

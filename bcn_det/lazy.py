@@ -21,7 +21,6 @@ from detectron2.utils.registry import locate
 from omegaconf import DictConfig, ListConfig
 
 from bcn.allocator import keep_freed_memory
-from bcn.runs import refuse_to_overwrite
 
 from .checkpoint import BCNCheckpointer
 from .compat import has_fast_coco_eval
@@ -198,8 +197,6 @@ def main(args):
     cfg = setup(args)
     if cfg.train.device == "cpu":
         keep_freed_memory()  # why: bcn/allocator.py
-    if not (args.eval_only or args.resume or args.overwrite):
-        refuse_to_overwrite(cfg.train.output_dir, "train.output_dir")
     check_datasets(dataset_names(cfg))
     if args.eval_only:
         model = instantiate(cfg.model)
@@ -209,6 +206,12 @@ def main(args):
             cfg.train.init_checkpoint, resume=args.resume)
         return do_test(cfg, model)
     return do_train(args, cfg)
+
+
+def output_dir(args):
+    """(train.output_dir of the config with its overrides, the setting's name)."""
+    cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts)
+    return cfg.train.output_dir, "train.output_dir"
 
 
 def is_lazy_config(path: str) -> bool:

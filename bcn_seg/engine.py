@@ -12,7 +12,7 @@ from mmengine.config import Config, DictAction
 
 from bcn.allocator import keep_freed_memory
 from bcn.pretrained import CheckpointError
-from bcn.runs import refuse_to_overwrite
+from bcn.runs import prepare_run_dir
 
 from .registry import BCN_TYPES, CONV_TYPES
 
@@ -137,8 +137,13 @@ def _check_weights(runner, cfg, args, test: bool) -> None:
 
 
 def check_work_dir(cfg, args) -> None:
-    if not (args.resume or args.overwrite):
-        refuse_to_overwrite(cfg.work_dir, "--work-dir")
+    """Before mmengine writes into work_dir: refuse a run there, or with --overwrite move it
+    aside (rank 0, the others wait for it)."""
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    prepare_run_dir(cfg.work_dir, "--work-dir", resume=args.resume, overwrite=args.overwrite,
+                    move=rank == 0)
+    if dist.is_initialized():
+        dist.barrier()
 
 
 def check_config(cfg: Config, path: str = "config") -> None:

@@ -71,12 +71,65 @@ def test_train_net_refuses_to_overwrite_a_run_and_names_missing_datasets(tmp_pat
     assert "dataset 'coco_2017_train': json_file" in result.stderr and "DETECTRON2_DATASETS" in result.stderr
 
 
+def old_run(folder):
+    folder.mkdir()
+    files = {"last_checkpoint": "model_0000099.pth", "config.yaml": "lr: 0.02\n", "log.txt": "old log\n",
+             "metrics.json": '{"iteration": 19}\n'}
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    return files
+
+
+@pytest.mark.parametrize("config", ["configs/detectron2/toy/mask_rcnn_R18_FPN_bcn_ws_toy.yaml",
+                                    "configs/detectron2/toy/mask_rcnn_R18_FPN_bcn_ws_toy.py"])
+def test_a_refused_run_leaves_the_old_one_untouched_and_overwrite_moves_it_aside(tmp_path, config):
+    out = tmp_path / "run"
+    files = old_run(out)
+    lazy = config.endswith(".py")
+    output = [f"train.output_dir={out}", "optimizer.lr=0.5"] if lazy else ["OUTPUT_DIR", str(out), "SOLVER.BASE_LR", "0.5"]
+    result = run("tools/train_net.py", "--config-file", config, *output)
+    assert result.returncode != 0 and "already holds a training run" in result.stderr
+    assert {p.name: p.read_text() for p in out.iterdir()} == files   # nothing written before the refusal
+    # --overwrite: the old run moves to a dated sibling, whole; the new one starts in an empty
+    # folder (here it then stops at its missing dataset)
+    missing = ["dataloader.train.dataset.names=coco_2017_train"] if lazy else ["DATASETS.TRAIN", "('coco_2017_train',)"]
+    result = run("tools/train_net.py", "--config-file", config, "--overwrite", *output, *missing,
+                 env={"DETECTRON2_DATASETS": str(tmp_path / "none")})
+    assert result.returncode != 0 and "coco_2017_train" in result.stderr
+    moved = list(tmp_path.glob("run.replaced-*"))
+    assert len(moved) == 1 and {p.name: p.read_text() for p in moved[0].iterdir()} == files
+    assert f"moved the previous run in {out} to {moved[0]}" in result.stderr
+    assert not (out / "last_checkpoint").exists() and not (out / "metrics.json").exists()
+
+
 def test_train_seg_refuses_to_overwrite_a_run_and_names_a_missing_data_root(tmp_path):
     work = tmp_path / "work"
     work.mkdir()
     (work / "last_checkpoint").write_text(str(work / "iter_100.pth"))
     result = run("tools/train_seg.py", "configs/mmseg/toy/deeplabv3_r18_bcn_ws_toy.py", "--work-dir", str(work))
     assert result.returncode != 0 and "already holds a training run" in result.stderr
+    assert [p.name for p in work.iterdir()] == ["last_checkpoint"]
+    result = run("tools/train_seg.py", "configs/mmseg/voc/deeplabv3_r101_bcn_ws_4xb4-30k_voc12aug-513x513.py",
+                 "--work-dir", str(work), "--overwrite", "--data-root", str(tmp_path / "VOC2012"))
+    # a run that cannot start (its data root is missing) moves nothing
+    assert result.returncode != 0 and not list(tmp_path.glob("work.replaced-*"))
+    assert [p.name for p in work.iterdir()] == ["last_checkpoint"]
+
+
+def test_overwrite_moves_each_old_run_to_its_own_sibling(tmp_path):
+    from bcn.runs import prepare_run_dir
+
+    out = tmp_path / "run"
+    files = old_run(out)
+    assert prepare_run_dir(str(out), "X", resume=True, overwrite=True) is None and (out / "log.txt").exists()
+    with pytest.raises(SystemExit, match="already holds a training run"):
+        prepare_run_dir(str(out), "X", resume=False, overwrite=False)
+    assert prepare_run_dir(str(out), "X", resume=False, overwrite=True, move=False) is None
+    first = prepare_run_dir(str(out), "X", resume=False, overwrite=True)
+    assert {p.name: p.read_text() for p in first.iterdir()} == files and not out.exists()
+    old_run(out)
+    second = prepare_run_dir(str(out), "X", resume=False, overwrite=True)
+    assert second != first and second.parent == tmp_path and second.name.startswith("run.replaced-")
     result = run("tools/train_seg.py", "configs/mmseg/voc/deeplabv3_r101_bcn_ws_4xb4-30k_voc12aug-513x513.py",
                  "--work-dir", str(tmp_path / "voc"), "--data-root", str(tmp_path / "VOC2012"))
     assert result.returncode != 0
