@@ -7,6 +7,7 @@ rcnn_fpn_bcn_ws.py declares them with their defaults):
     train.reference_world_size   the GPU count the schedule is written for; 0: no scaling
     train.statdiff_period        StatDiff / dead-channel records every N iterations; 0: off
 """
+import functools
 import inspect
 import logging
 import os
@@ -60,11 +61,17 @@ def check_lazy_model(model_cfg, path: str = "model") -> None:
     ResNet with frozen stages (its freeze turns the BatchNorm inside BCN into FrozenBN)."""
     for where, node in _walk(model_cfg, path):
         for arg in NORM_ARGUMENTS:
-            if node.get(arg) == "BCN":
+            value = node.get(arg)
+            if value == "BCN":
                 raise ValueError(
                     f"{where}.{arg}='BCN': in a LazyConfig BCN is a norm factory, "
                     f"{where}.{arg} = L(bcn_det.BCNFactory)(num_groups=32, mode='estimate') "
                     "(detectron2's get_norm knows no 'BCN' string)")
+            if isinstance(value, str) and value not in detectron2_norm_names():
+                raise ValueError(
+                    f"{where}.{arg}={value!r} is not a norm detectron2 knows: choose one of "
+                    f"{sorted(detectron2_norm_names())}, or BCN: L(bcn_det.BCNFactory)(num_groups=32, "
+                    "mode='estimate')")
         target = _target(node)
         if not isinstance(target, type):
             continue
@@ -80,6 +87,41 @@ def check_lazy_model(model_cfg, path: str = "model") -> None:
                 f"{where}: detectron2's ResNet with BCN layers and freeze_at="
                 f"{node.get('freeze_at')} would freeze them as BatchNorm; set {where}._target_ "
                 "= bcn_det.BCNResNet (same arguments)")
+
+
+@functools.lru_cache(maxsize=None)
+def detectron2_norm_names():
+    """The strings this detectron2's get_norm accepts (a dict inside the function, which
+    differs between versions: asked, not copied)."""
+    from detectron2.layers import get_norm
+
+    names = {""}
+    for name in ("BN", "SyncBN", "FrozenBN", "GN", "nnSyncBN", "naiveSyncBN", "naiveSyncBN_N", "LN"):
+        try:
+            get_norm(name, 32)
+            names.add(name)
+        except Exception:
+            pass
+    return frozenset(names)
+
+
+def warn_if_backbone_lacks_bcn(model) -> None:
+    """BCN configured somewhere (FPN, heads) but not in the backbone's ResNet is almost always a
+    config that set only some norms (e.g. model.backbone.norm, which is the FPN's): say so."""
+    from bcn import BatchChannelNorm2d, FrozenBatchChannelNorm2d
+
+    bcn_types = (BatchChannelNorm2d, FrozenBatchChannelNorm2d)
+    bottom_up = getattr(getattr(model, "backbone", None), "bottom_up", None)
+    if bottom_up is None or not any(isinstance(m, bcn_types) for m in model.modules()):
+        return
+    if any(isinstance(m, bcn_types) for m in bottom_up.modules()):
+        return
+    kinds = sorted({type(m).__name__ for m in bottom_up.modules()
+                    if "norm" in type(m).__name__.lower() or type(m).__name__.endswith("BN")})
+    logger.warning(
+        f"BCN is configured, but the backbone's {type(bottom_up).__name__} has no BCN layer "
+        f"(its norms: {', '.join(kinds) or 'none'}): set model.backbone.bottom_up.stem.norm and "
+        ".stages.norm to L(bcn_det.BCNFactory)(...), as configs/detectron2/common/rcnn_fpn_bcn_ws.py does")
 
 
 def _takes_ws(target) -> bool:
@@ -128,6 +170,10 @@ def setup(args):
     if isinstance(evaluator, DictConfig) and "use_fast_impl" not in evaluator \
             and "COCOEvaluator" in str(evaluator.get("_target_")):
         evaluator.use_fast_impl = has_fast_coco_eval()  # why: bcn_det.compat
+    if isinstance(evaluator, DictConfig) and evaluator.get("output_dir") is None \
+            and "COCOEvaluator" in str(evaluator.get("_target_")):
+        # the predictions and results JSON under inference/, as the YAML trainer writes them
+        evaluator.output_dir = os.path.join(cfg.train.output_dir, "inference")
     scale_to_world_size(cfg, comm.get_world_size())
     check_lazy_model(cfg.model)
     default_setup(cfg, args)
@@ -158,6 +204,7 @@ def do_train(args, cfg):
 
     model = instantiate(cfg.model)
     logger.info("Model:\n{}".format(model))
+    warn_if_backbone_lacks_bcn(model)
     model.to(cfg.train.device)
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)

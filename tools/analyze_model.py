@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """StatDiff (Eq. 8) and dead-channel report of a checkpoint, on a few images of its test set.
 
-    python tools/analyze_model.py det --config-file CFG --weights output/x/model_final.pth [--images 8]
+    python tools/analyze_model.py det --config-file CFG(.yaml|.py) --weights output/x/model_final.pth [--images 8]
     python tools/analyze_model.py seg CFG work_dirs/x/iter_300.pth [--images 8]
 
 Prints one line per normalization layer (StatDiff averaged over its groups, fraction of dead
@@ -17,36 +17,28 @@ import bcn
 
 
 def analyze_detectron2(args):
-    from detectron2.data import build_detection_test_loader
     from detectron2.layers import FrozenBatchNorm2d
-    from detectron2.modeling import build_model
 
-    import bcn_det
-    from bcn_det.checkpoint import BCNCheckpointer
+    from bcn_det.inference import load_model
 
-    cfg = bcn_det.load_config(args.config_file, args.opts)
-    if not torch.cuda.is_available():
-        cfg.MODEL.DEVICE = "cpu"
-    bcn_det.register_toy_coco(cfg.DATASETS.TOY_ROOT or None)
-    model = build_model(cfg)
-    BCNCheckpointer(model).load(args.weights)
-    model.eval()
-    tracker = bcn.ChannelStatsTracker(model, momentum=None, extra_types=(FrozenBatchNorm2d,))
+    loaded = load_model(args.config_file, args.opts, weights=args.weights)
+    tracker = bcn.ChannelStatsTracker(loaded.model, momentum=None, extra_types=(FrozenBatchNorm2d,))
     tracker.active = True
-    loader = build_detection_test_loader(cfg, cfg.DATASETS.TEST[0])
     with torch.no_grad():
-        for inputs in itertools.islice(loader, args.images):
-            model(inputs)
+        for inputs in itertools.islice(loaded.test_loader(), args.images):
+            loaded.model(inputs)
     return tracker
 
 
 def analyze_mmseg(args):
     import bcn_seg
+    from bcn_seg.checkpoint import check_checkpoint_fits
     from mmengine.config import Config
     from mmengine.runner import Runner, load_checkpoint
 
     cfg = Config.fromfile(args.config)
     model = bcn_seg.build_model(cfg.model, init=False)
+    check_checkpoint_fits(model, args.checkpoint, "complete")
     load_checkpoint(model, args.checkpoint, map_location="cpu")
     model.eval()
     tracker = bcn.ChannelStatsTracker(model, momentum=None)
@@ -64,7 +56,8 @@ def main(argv=None):
     det = sub.add_parser("det", help="a detectron2 checkpoint")
     det.add_argument("--config-file", required=True)
     det.add_argument("--weights", required=True)
-    det.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+    det.add_argument("opts", nargs=argparse.REMAINDER,
+                     help="config overrides: KEY VALUE pairs (YAML) or key=value (LazyConfig)")
     seg = sub.add_parser("seg", help="an MMSegmentation checkpoint")
     seg.add_argument("config")
     seg.add_argument("checkpoint")

@@ -5,8 +5,9 @@
         [--confidence-threshold 0.5] [--opts MODEL.WEIGHTS model_final.pth ...]
     python tools/demo.py seg CONFIG CHECKPOINT --input img.jpg [more.jpg | a folder] --output out/
 
-det: detectron2's DefaultPredictor (the config's input format and test size) with BCN's
-checkpointer (which also reads the published BCN+WS files) and detectron2's Visualizer. seg:
+det: a YAML or LazyConfig (.py) config (--opts: KEY VALUE pairs for YAML, key=value for a
+LazyConfig), the config's input format and test size, BCN's checkpointer (which also reads the
+published BCN+WS files) and detectron2's Visualizer. seg:
 mmseg's inference_model with its SegLocalVisualizer. One PNG per image under --output (a
 folder; with a single input, a file name ending in .png works too).
 """
@@ -45,32 +46,18 @@ def output_path(output, image_file, count):
 
 
 def detectron2_demo(args):
-    import torch
     from detectron2.data import MetadataCatalog
     from detectron2.data.detection_utils import read_image
-    from detectron2.engine import DefaultPredictor
     from detectron2.utils.visualizer import ColorMode, Visualizer
 
-    import bcn_det
-    from bcn_det.checkpoint import BCNCheckpointer
-    from bcn_det.config import load_config
+    from bcn_det.inference import load_model
 
-    cfg = load_config(args.config_file, args.opts)
-    cfg.defrost()
-    if not torch.cuda.is_available():
-        cfg.MODEL.DEVICE = "cpu"
-    for key in ("SCORE_THRESH_TEST",):
-        cfg.MODEL.ROI_HEADS[key] = args.confidence_threshold
-    cfg.freeze()
-    if cfg.DATASETS.TEST and cfg.DATASETS.TEST[0].startswith("bcn_toy_coco"):
-        bcn_det.register_toy_coco(cfg.DATASETS.TOY_ROOT or None)  # the toy classes' names
-    predictor = DefaultPredictor(cfg)
-    BCNCheckpointer(predictor.model).load(cfg.MODEL.WEIGHTS)
-    metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "__unused")
+    loaded = load_model(args.config_file, args.opts, score_threshold=args.confidence_threshold)
+    metadata = MetadataCatalog.get(loaded.test_dataset or "__unused")
     files = input_files(args.input)
     for path in files:
         image = read_image(path, format="BGR")
-        instances = predictor(image)["instances"].to("cpu")
+        instances = loaded.predict(image).to("cpu")
         drawn = Visualizer(image[:, :, ::-1], metadata, instance_mode=ColorMode.IMAGE)
         drawn = drawn.draw_instance_predictions(instances)
         out = output_path(args.output, path, len(files))
@@ -87,7 +74,11 @@ def mmseg_demo(args):
     from mmengine.registry import init_default_scope
     import mmcv
 
+    from bcn_seg.checkpoint import check_checkpoint_fits
+
     init_default_scope("mmseg")
+    model = init_model(args.config, None, device="cuda:0" if torch.cuda.is_available() else "cpu")
+    check_checkpoint_fits(model, args.checkpoint, "complete")
     model = init_model(args.config, args.checkpoint, device="cuda:0" if torch.cuda.is_available() else "cpu")
     if "test_pipeline" not in model.cfg:  # configs that keep it only in their test loader
         model.cfg.test_pipeline = model.cfg.test_dataloader.dataset.pipeline
@@ -112,7 +103,8 @@ def main(argv=None):
     det.add_argument("--input", nargs="+", required=True, help="images, globs or folders")
     det.add_argument("--output", required=True, help="a folder (or one .png for one input)")
     det.add_argument("--confidence-threshold", type=float, default=0.5)
-    det.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config KEY VALUE pairs")
+    det.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
+                     help="config overrides: KEY VALUE pairs (YAML) or key=value (LazyConfig)")
     seg = sub.add_parser("seg", help="an MMSegmentation model")
     seg.add_argument("config")
     seg.add_argument("checkpoint")

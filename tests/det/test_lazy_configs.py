@@ -193,6 +193,11 @@ def test_bcn_and_ws_mistakes_in_a_lazy_config_are_named_with_their_fix():
     with pytest.raises(ValueError, match=r"model.roi_heads.box_head.conv_norm='BCN'.*BCNFactory"):
         bcn_det.check_lazy_model(cfg.model)
     cfg = load()
+    cfg.model.backbone.norm = "BNC"   # a typo: named with the key and the choices
+    with pytest.raises(ValueError, match=r"model.backbone.norm='BNC' is not a norm detectron2 knows: "
+                                         r"choose one of \[.*'GN'.*\], or BCN: L\(bcn_det.BCNFactory\)"):
+        bcn_det.check_lazy_model(cfg.model)
+    cfg = load()
     cfg.model.backbone._target_ = FPN
     with pytest.raises(ValueError, match=r"model.backbone: FPN takes no 'ws'.*bcn_det.BCNFPN"):
         bcn_det.check_lazy_model(cfg.model)
@@ -243,6 +248,7 @@ def test_toy_lazy_config_trains_and_evaluates(toy_root, tmp_path):
     assert saved.train.max_iter == 4
     metrics = (tmp_path / "out" / "metrics.json").read_text()
     assert '"statdiff/mean"' in metrics
+    assert (tmp_path / "out" / "inference" / "coco_instances_results.json").exists()  # as YAML runs
     with pytest.raises(SystemExit, match="train.output_dir"):  # a second run does not overwrite
         run(["--config-file", TOY + ".py", *opts])
 
@@ -318,3 +324,43 @@ def test_a_lazy_schedule_scales_to_the_gpu_count_as_the_yaml_one():
     odd.train.reference_world_size = 3  # 4 images written for 3 GPUs: 8/3 on 2
     with pytest.raises(ValueError, match="does not scale to 2 processes"):
         scale_to_world_size(odd, 2)
+
+
+def test_bcn_outside_the_backbone_only_is_warned(caplog):
+    """The snippet users write first -- BCN as model.backbone.norm on detectron2's common Mask
+    R-CNN -- puts BCN in the FPN only; the ResNet keeps FrozenBatchNorm2d: said at build."""
+    import logging
+
+    from detectron2.config import LazyCall as L
+    from detectron2.model_zoo import get_config
+
+    cfg = get_config("common/models/mask_rcnn_fpn.py")
+    cfg.model.backbone.norm = L(bcn_det.BCNFactory)(num_groups=32)
+    model = instantiate(cfg.model)
+    with caplog.at_level(logging.WARNING, logger="bcn_det"):
+        bcn_det.lazy.warn_if_backbone_lacks_bcn(model)
+    assert "backbone's ResNet has no BCN layer (its norms: FrozenBatchNorm2d)" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="bcn_det"):
+        bcn_det.lazy.warn_if_backbone_lacks_bcn(instantiate(LazyConfig.load(TOY + ".py").model))
+    assert caplog.text == ""
+
+
+@pytest.mark.slow
+def test_demo_and_analyze_model_take_lazy_configs(toy_root, tmp_path):
+    model = instantiate(LazyConfig.load(TOY + ".py").model)
+    weights = tmp_path / "model.pth"
+    torch.save({"model": model.state_dict()}, weights)
+    env = dict(os.environ, DETECTRON2_DATASETS=str(toy_root.parent), OMP_NUM_THREADS="1")
+    images = sorted((toy_root / "val").glob("*.png"))[:2]
+    result = subprocess.run([sys.executable, "tools/demo.py", "det", "--config-file", TOY + ".py",
+                             "--input", *map(str, images), "--output", str(tmp_path / "demo"),
+                             "--opts", f"train.init_checkpoint={weights}"],
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(list((tmp_path / "demo").glob("*.png"))) == 2
+    result = subprocess.run([sys.executable, "tools/analyze_model.py", "det", "--config-file", TOY + ".py",
+                             "--weights", str(weights), "--images", "2"],
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "StatDiff" in result.stdout and "backbone.bottom_up" in result.stdout
