@@ -95,6 +95,16 @@ class ChannelStatsTracker:
                 scalars[f"{key}/mean"] = sum(values.values()) / len(values)
         return scalars
 
+    def state_dict(self):
+        """The running averages and their counts: saved in checkpoints by the framework hooks,
+        so that a resumed run's StatDiff series equals an uninterrupted one's."""
+        return {"stats": {name: t.clone() for name, t in self._stats.items()},
+                "counts": dict(self._counts)}
+
+    def load_state_dict(self, state) -> None:
+        self._stats = {name: t.clone() for name, t in state["stats"].items() if name in self.layers}
+        self._counts = {name: int(n) for name, n in state["counts"].items() if name in self.layers}
+
     def remove(self):
         for handle in self._handles:
             handle.remove()

@@ -47,12 +47,24 @@ class StatDiffHook(HookBase):
     def __init__(self, period: int = 20, momentum: float = 0.1, dead_threshold: float = 0.01):
         self.period, self.momentum, self.dead_threshold = period, momentum, dead_threshold
         self.tracker = None
+        self._pending = None
 
     def before_train(self):
         from detectron2.layers import FrozenBatchNorm2d
 
         self.tracker = bcn.ChannelStatsTracker(self.trainer.model, self.momentum, self.dead_threshold,
                                                extra_types=(FrozenBatchNorm2d,))
+        if self._pending is not None:  # resumed: the averages continue where they were saved
+            self.tracker.load_state_dict(self._pending)
+            self._pending = None
+
+    # in detectron2's checkpoints with the trainer's state (TrainerBase.state_dict saves the
+    # hooks that have one; a resume loads them before training starts)
+    def state_dict(self):
+        return self.tracker.state_dict() if self.tracker is not None else {"stats": {}, "counts": {}}
+
+    def load_state_dict(self, state):
+        self._pending = state
 
     def before_step(self):
         self.tracker.active = (self.trainer.iter + 1) % self.period == 0

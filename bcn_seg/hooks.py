@@ -50,9 +50,20 @@ class StatDiffHook(Hook):
     def __init__(self, interval: int = 20, momentum: float = 0.1, dead_threshold: float = 0.01):
         self.interval, self.momentum, self.dead_threshold = interval, momentum, dead_threshold
         self.tracker = None
+        self._pending = None
 
     def before_train(self, runner):
         self.tracker = bcn.ChannelStatsTracker(runner.model, self.momentum, self.dead_threshold)
+        if self._pending is not None:  # resumed: the averages continue where they were saved
+            self.tracker.load_state_dict(self._pending)
+            self._pending = None
+
+    def before_save_checkpoint(self, runner, checkpoint):
+        if self.tracker is not None:
+            checkpoint["bcn_statdiff"] = self.tracker.state_dict()
+
+    def after_load_checkpoint(self, runner, checkpoint):
+        self._pending = checkpoint.get("bcn_statdiff")
 
     def before_train_iter(self, runner, batch_idx, data_batch=None):
         self.tracker.active = (runner.iter + 1) % self.interval == 0

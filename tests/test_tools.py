@@ -142,3 +142,20 @@ def test_demo_draws_both_frameworks_predictions(toy_root, toy_voc, tmp_path):
     result = run("tools/demo.py", "seg", SEG_TOY, str(seg_weights), "--input", str(tmp_path / "missing.jpg"),
                  "--output", str(tmp_path / "x"))
     assert result.returncode != 0 and "no such image" in result.stderr
+
+
+def test_plot_statdiff_reads_every_timestamp_folder_of_a_resumed_run(tmp_path):
+    """mmengine writes a resumed run into a new timestamp folder: both are read, a repeated
+    step taking the later record."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("plot_statdiff", "tools/plot_statdiff.py")
+    plot = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plot)
+    for offset, (stamp, steps) in enumerate((("20261207_000000", (2, 4)), ("20261207_010000", (4, 6)))):
+        folder = tmp_path / stamp / "vis_data"
+        folder.mkdir(parents=True)
+        (folder / "scalars.json").write_text("\n".join(
+            json.dumps({"step": s, "statdiff/x": s / 10 + offset, "dead/mean": 0.0}) for s in steps))
+    statdiff, dead, layers = plot.read_run(tmp_path)
+    assert sorted(statdiff) == [2, 4, 6] and statdiff[4]["x"] == 1.4 and layers == ["x"]

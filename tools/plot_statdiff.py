@@ -17,20 +17,25 @@ from pathlib import Path
 import numpy as np
 
 
-def find_log(path: Path) -> Path:
+def find_logs(path: Path):
+    """The run's logs, oldest first: detectron2's metrics.json, or every mmengine timestamp
+    folder's vis_data/scalars.json (a resumed run writes a new folder)."""
     if path.is_file():
-        return path
+        return [path]
     for pattern in ("metrics.json", "*/vis_data/scalars.json", "vis_data/scalars.json"):
         found = sorted(path.glob(pattern))
         if found:
-            return found[-1]
+            return found
     raise SystemExit(f"{path}: no metrics.json or vis_data/scalars.json with StatDiff scalars")
 
 
 def read_run(path: Path):
-    """{step: {layer: statdiff}}, {step: mean dead fraction}, layer order."""
+    """{step: {layer: statdiff}}, {step: mean dead fraction}, layer order (a later log's
+    record of a step replaces an earlier one's: a resume repeats the steps after its
+    checkpoint)."""
     statdiff, dead, layers = {}, {}, []
-    for line in find_log(path).read_text().splitlines():
+    lines = [line for log in find_logs(path) for line in log.read_text().splitlines() if line.strip()]
+    for line in lines:
         record = json.loads(line)
         step = record.get("iteration", record.get("step"))
         values = {k[len("statdiff/"):]: v for k, v in record.items()
@@ -41,7 +46,7 @@ def read_run(path: Path):
         if "dead/mean" in record:
             dead[step] = record["dead/mean"]
     if not statdiff:
-        raise SystemExit(f"{path}: no StatDiff scalars in {find_log(path)}")
+        raise SystemExit(f"{path}: no StatDiff scalars in {', '.join(map(str, find_logs(path)))}")
     return statdiff, dead, layers
 
 

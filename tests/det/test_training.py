@@ -107,7 +107,7 @@ def test_killed_and_resumed_run_ends_bit_exact(toy_root, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     opts = ["DATASETS.TOY_ROOT", str(toy_root), "DATASETS.TEST", "()", "SOLVER.MAX_ITER", "8",
             "SOLVER.CHECKPOINT_PERIOD", "3", "SOLVER.WARMUP_ITERS", "2", "SOLVER.STEPS", "(4, 6)",
-            "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32", "SEED", "7"]
+            "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32", "SEED", "7", "DIAGNOSTICS.STATDIFF_PERIOD", "2"]
 
     def job(out, extra_env=None):
         return subprocess.run([sys.executable, "-m", "tests.det.two_rank_job", str(out), "1", "1", "0",
@@ -125,6 +125,16 @@ def test_killed_and_resumed_run_ends_bit_exact(toy_root, tmp_path):
     momentum = [s["momentum_buffer"] for t in (a, b) for s in t["trainer"]["_trainer"]["optimizer"]["state"].values()]
     half = len(momentum) // 2
     assert half > 0 and all(torch.equal(x, y) for x, y in zip(momentum[:half], momentum[half:]))
+    # the diagnostics too: the tracker's averages are in the checkpoint, and the last StatDiff
+    # record (iteration 7, after the resume) equals the uninterrupted run's
+    tracked = [t["trainer"]["hooks"]["StatDiffHook"] for t in (a, b)]
+    assert tracked[0]["counts"] == tracked[1]["counts"] and tracked[0]["stats"]
+    assert all(torch.equal(x, tracked[1]["stats"][k]) for k, x in tracked[0]["stats"].items())
+    last = [[json.loads(l) for l in open(tmp_path / d / "metrics.json") if "statdiff/mean" in l][-1]
+            for d in ("straight", "killed")]
+    assert last[0]["iteration"] == last[1]["iteration"] == 7
+    assert {k: v for k, v in last[0].items() if k.startswith(("statdiff/", "dead/"))} == \
+        {k: v for k, v in last[1].items() if k.startswith(("statdiff/", "dead/"))}
 
 
 def test_a_compiled_backbone_trains_in_the_trainer(toy_cfg):

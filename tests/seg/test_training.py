@@ -115,7 +115,7 @@ def test_killed_and_resumed_run_ends_bit_exact(toy_voc, tmp_path):
     uninterrupted run's."""
     from tests.seg.helpers import derived_config
 
-    hooks = [dict(type="EstimateRateHook"), dict(type="ExactResumeHook")]
+    hooks = [dict(type="EstimateRateHook"), dict(type="ExactResumeHook"), dict(type="StatDiffHook", interval=2)]
     options = {"train_cfg.max_iters": 8, "train_cfg.val_interval": 100,
                "default_hooks.checkpoint.interval": 3, "train_dataloader.batch_size": 2}
     runs = {}
@@ -143,6 +143,16 @@ def test_killed_and_resumed_run_ends_bit_exact(toy_voc, tmp_path):
     for s1, s2 in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
         assert torch.equal(s1["momentum_buffer"], s2["momentum_buffer"])
     assert a["param_schedulers"] == b["param_schedulers"]
+    # the diagnostics too: the tracker's averages, and StatDiff at step 8 (after the resume,
+    # logged in the resumed run's own timestamp folder)
+    assert a["bcn_statdiff"]["counts"] == b["bcn_statdiff"]["counts"] and a["bcn_statdiff"]["stats"]
+    assert all(torch.equal(x, b["bcn_statdiff"]["stats"][k]) for k, x in a["bcn_statdiff"]["stats"].items())
+    final = []
+    for name in ("straight", "killed"):
+        logs = sorted((tmp_path / name / "work").glob("*/vis_data/scalars.json"))
+        records = [json.loads(l) for log in logs for l in log.read_text().splitlines() if "statdiff/mean" in l]
+        final.append({k: v for k, v in records[-1].items() if k.startswith(("statdiff/", "dead/", "step"))})
+    assert final[0]["step"] == 8 and final[0] == final[1]
 
 
 def test_the_toy_model_trains_compiled(toy_options):
