@@ -48,15 +48,26 @@ def prepare_run_dir(run_dir: str, setting: str, *, resume: bool, overwrite: bool
 def generate_once(root, done_marker: str, write: Callable[[Path], None]) -> Path:
     """A generated dataset under ``root``, made once and atomically: ``write`` fills a staging
     folder beside it, which is then renamed (concurrent processes may race here; the first
-    rename wins). ``done_marker``: a file that exists once the dataset does."""
+    rename wins). ``done_marker``: a file that exists once the dataset does. A folder that
+    exists without it is not ours -- a real dataset, say -- and is never written into."""
     root = Path(root)
     if (root / done_marker).exists():
         return root
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise SystemExit(_not_ours(root, done_marker))
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
     write(staging)
     try:
         staging.rename(root)
-    except OSError:  # another process finished first
+    except OSError:  # another process finished first, or a folder appeared that is not ours
         shutil.rmtree(staging, ignore_errors=True)
+        if not (root / done_marker).exists():
+            raise SystemExit(_not_ours(root, done_marker)) from None
     return root
+
+
+def _not_ours(root: Path, done_marker: str) -> str:
+    return (f"{root} exists and is not a generated toy dataset (it has no {done_marker}): the toy "
+            "data is generated only into a new or empty folder, never into another dataset's; "
+            "point the toy config at another folder")

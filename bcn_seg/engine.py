@@ -67,11 +67,12 @@ def load_config(args) -> Config:
     cfg.work_dir = args.work_dir or cfg.get("work_dir") or osp.join(
         "work_dirs", osp.splitext(osp.basename(args.config))[0])
     data_root = args.data_root or os.environ.get("VOC_ROOT")
-    if data_root:
+    if data_root:  # real VOC entries only: the toy set keeps its own generated folder
         for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
             if cfg.get(loader):
                 for leaf in _leaf_datasets(cfg[loader]["dataset"]):
-                    leaf["data_root"] = data_root
+                    if leaf.get("type") != "ToyVOCDataset":
+                        leaf["data_root"] = data_root
     for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
         if cfg.get(loader) and cfg[loader].get("num_workers", 0) == 0:
             cfg[loader]["persistent_workers"] = False  # invalid without workers

@@ -33,4 +33,7 @@ def toy_voc(tmp_path_factory):
     """The toy VOC set, generated once per session."""
     import bcn_seg
 
-    return bcn_seg.ensure_toy_voc(tmp_path_factory.mktemp("data") / "bcn_toy_voc")
+    root = bcn_seg.ensure_toy_voc(tmp_path_factory.mktemp("data") / "bcn_toy_voc")
+    # where the toy config reads it ('{{$BCN_TOY_VOC:...}}'), here and in the tools the tests run
+    os.environ["BCN_TOY_VOC"] = str(root)
+    return root

@@ -158,3 +158,35 @@ def test_truncated_training_checkpoints_fail_naming_the_file(tmp_path):
     assert result.returncode != 0 and "model_0000099.pth: not a readable torch checkpoint" in result.stderr
     result = run("tools/test_seg.py", "configs/mmseg/toy/deeplabv3_r18_bcn_ws_toy.py", str(truncated))
     assert result.returncode != 0 and "truncated" in result.stderr
+
+
+def test_data_root_overrides_leave_the_toy_set_alone_and_the_toy_never_writes_elsewhere(tmp_path, monkeypatch):
+    pytest.importorskip("mmseg")
+    import argparse
+
+    from bcn.runs import generate_once
+    from bcn_seg.engine import load_config
+
+    real = tmp_path / "VOC2012"
+    (real / "JPEGImages").mkdir(parents=True)
+    monkeypatch.setenv("BCN_TOY_VOC", str(tmp_path / "toy"))
+
+    def config(path, data_root=None):
+        args = argparse.Namespace(config=path, cfg_options=None, launcher="none", work_dir=str(tmp_path / "w"),
+                                  data_root=data_root, amp=False)
+        return load_config(args)
+
+    toy = config("configs/mmseg/toy/deeplabv3_r18_bcn_ws_toy.py", str(real))
+    assert {toy[l].dataset.data_root for l in ("train_dataloader", "val_dataloader")} == {str(tmp_path / "toy")}
+    monkeypatch.setenv("VOC_ROOT", str(real))
+    toy = config("configs/mmseg/toy/deeplabv3_r18_bcn_ws_toy.py")
+    assert toy.val_dataloader.dataset.data_root == str(tmp_path / "toy")
+    voc = config("configs/mmseg/voc/deeplabv3_r101_bcn_ws_4xb4-30k_voc12aug-513x513.py")
+    assert voc.val_dataloader.dataset.data_root == str(real)
+    # a folder that is not a generated toy set is never written into
+    with pytest.raises(SystemExit, match="is not a generated toy dataset"):
+        generate_once(real, "ImageSets/Segmentation/val.txt", lambda staging: None)
+    assert [p.name for p in real.iterdir()] == ["JPEGImages"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert generate_once(empty, "done", lambda staging: (staging / "done").touch()) == empty

@@ -22,7 +22,7 @@ model = dict(
                         conv_cfg=conv_cfg, align_corners=False,
                         loss_decode=dict(type='CrossEntropyLoss', loss_weight=0.4)),
     train_cfg=dict(), test_cfg=dict(mode='whole'))
-data_root = 'data/bcn_toy_voc'
+data_root = '{{$BCN_TOY_VOC:data/bcn_toy_voc}}'  # generated on first use (bcn_seg.toy)
 _toy = dict(type='ToyVOCDataset', data_root=data_root,
             data_prefix=dict(img_path='JPEGImages', seg_map_path='SegmentationClass'))
 train_dataloader = dict(
