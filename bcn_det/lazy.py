@@ -161,8 +161,7 @@ def scale_to_world_size(cfg, world_size: int) -> None:
 
 
 def setup(args):
-    cfg = LazyConfig.load(args.config_file)
-    cfg = LazyConfig.apply_overrides(cfg, args.opts)
+    cfg = load(args)
     if cfg.train.device.startswith("cuda") and not torch.cuda.is_available():
         logger.warning("CUDA is not available: training on the CPU (train.device=cpu)")
         cfg.train.device = "cpu"
@@ -255,10 +254,9 @@ def main(args):
     return do_train(args, cfg)
 
 
-def output_dir(args):
-    """(train.output_dir of the config with its overrides, the setting's name)."""
-    cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts)
-    return cfg.train.output_dir, "train.output_dir"
+def load(args):
+    """The LazyConfig of the launcher's arguments, its overrides applied."""
+    return LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts)
 
 
 def is_lazy_config(path: str) -> bool:

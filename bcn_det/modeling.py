@@ -105,6 +105,40 @@ def check_bcn_config(cfg) -> None:
                              f"by bcn_det), not {lookup(cfg, name_key)!r}")
     for key in NORM_KEYS:
         norm_spec(cfg, key)
+    _check_group_count(cfg)
+
+
+def _normalized_channels(cfg, norm_key):
+    """{config key: channel count} of the layers a section's norm normalizes."""
+    if norm_key == "MODEL.RESNETS.NORM":
+        r = cfg.MODEL.RESNETS
+        bottleneck = r.DEPTH >= 50
+        channels = {"MODEL.RESNETS.STEM_OUT_CHANNELS": r.STEM_OUT_CHANNELS}
+        for stage in range(4):
+            scale = 2 ** stage
+            channels[f"res{stage + 2} out (MODEL.RESNETS.RES2_OUT_CHANNELS x {scale})"] = r.RES2_OUT_CHANNELS * scale
+            if bottleneck:
+                channels[f"res{stage + 2} bottleneck (NUM_GROUPS x WIDTH_PER_GROUP x {scale})"] = \
+                    r.NUM_GROUPS * r.WIDTH_PER_GROUP * scale
+        return channels
+    if norm_key == "MODEL.FPN.NORM":
+        return {"MODEL.FPN.OUT_CHANNELS": cfg.MODEL.FPN.OUT_CHANNELS}
+    section = norm_key.rsplit(".", 1)[0]
+    return {f"{section}.CONV_DIM": lookup(cfg, section + ".CONV_DIM")}
+
+
+def _check_group_count(cfg) -> None:
+    """MODEL.BCN.NUM_GROUPS divides every layer a "BCN" norm normalizes: said with the config
+    keys, before the model is built (where only the layer's channel count would be known)."""
+    groups = cfg.MODEL.BCN.NUM_GROUPS
+    for norm_key in NORM_KEYS:
+        if lookup(cfg, norm_key) != "BCN":
+            continue
+        for where, channels in _normalized_channels(cfg, norm_key).items():
+            if channels % groups:
+                raise ValueError(f"MODEL.BCN.NUM_GROUPS={groups} does not divide {where}={channels}, "
+                                 f"normalized with BCN ({norm_key}); choose a group count that divides "
+                                 "every such layer's channels (32 for ResNets)")
 
 
 class StandardizedConv2d(Conv2d):

@@ -4,6 +4,7 @@ import argparse
 import difflib
 import os
 import os.path as osp
+import re
 from datetime import timedelta
 
 import torch
@@ -37,6 +38,9 @@ def parse_args(test: bool):
                         "mis-shaped tensors are skipped, as mmengine does); else that is an error")
     parser.add_argument("--data-root", help="dataset root (else $VOC_ROOT, else the config's)")
     parser.add_argument("--cfg-options", nargs="+", action=DictAction, help="override config keys")
+    parser.add_argument("--show-traceback", action="store_true",
+                        help="show the traceback of a configuration, dataset or checkpoint error "
+                        "(by default one line says what is wrong and what to do)")
     parser.add_argument("--launcher", choices=["none", "pytorch"], default="none")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=0)
     return parser.parse_args()
@@ -99,12 +103,41 @@ def _leaf_datasets(dataset):
 
 
 def _check_data_root(dataset, loader):
-    """A missing dataset fails here, naming the path and the fix, before any work."""
+    """A missing dataset, an empty split or a missing image or label file fails here, naming
+    the path and the fix, before any work (mmseg would fail later: "need at least one array to
+    concatenate", or in the middle of training)."""
     for leaf in _leaf_datasets(dataset):
         root = leaf.get("data_root")
-        if leaf.get("type") != "ToyVOCDataset" and root and not osp.isdir(root):  # toy: generated
+        if leaf.get("type") == "ToyVOCDataset" or not root:  # toy: generated on first use
+            continue
+        if not osp.isdir(root):
             raise SystemExit(f"{loader}: data_root {root} does not exist: pass --data-root, set "
                              "VOC_ROOT, or fix the config's data_root")
+        _check_split(leaf, root, loader)
+
+
+def _check_split(leaf, root, loader):
+    """The split file of a VOC-layout dataset lists at least one sample, and each has its image
+    and label file."""
+    ann_file = leaf.get("ann_file")
+    if not ann_file:
+        return
+    path = osp.join(root, ann_file)
+    if not osp.isfile(path):
+        raise SystemExit(f"{loader}: split file {path} does not exist (ann_file under data_root)")
+    with open(path) as f:
+        names = [line.strip() for line in f if line.strip()]
+    if not names:
+        raise SystemExit(f"{loader}: split file {path} is empty: it must list the samples to use")
+    prefix = leaf.get("data_prefix") or {}
+    suffixes = {"img_path": leaf.get("img_suffix", ".jpg"), "seg_map_path": leaf.get("seg_map_suffix", ".png")}
+    for key, suffix in suffixes.items():
+        folder = osp.join(root, prefix.get(key, ""))
+        missing = [n for n in names if not osp.isfile(osp.join(folder, n + suffix))]
+        if missing:
+            raise SystemExit(f"{loader}: {len(missing)} of the {len(names)} samples of {path} have no "
+                             f"{'image' if key == 'img_path' else 'label'} file in {folder} (e.g. "
+                             f"{missing[0] + suffix})")
 
 
 def _check_checkpoint(path: str) -> None:
@@ -169,6 +202,27 @@ def check_config(cfg: Config, path: str = "config") -> None:
                 hint = difflib.get_close_matches(kind, known, n=3)
                 raise ValueError(f"{path}: {where} type {kind!r} is not registered"
                                  + (f"; did you mean {hint}?" if hint else ""))
+        if kind in BCN_TYPES:
+            _check_bcn_cfg(spec, f"{path}: {where}")
+
+
+def _check_bcn_cfg(spec, where):
+    """A BCN norm_cfg's arguments, checked on a layer built with them (the channel count is the
+    layer's own, unknown here: one channel per group)."""
+    from bcn import BatchChannelNorm2d
+
+    kwargs = {k: v for k, v in spec.items() if k not in ("type", "requires_grad")}
+    groups = kwargs.get("num_groups", 32)
+    try:
+        BatchChannelNorm2d(groups if isinstance(groups, int) and groups > 0 else 1, **kwargs)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{where} = {spec}: {error}") from None
+
+
+def bcn_cfg_locations(cfg, num_groups=None):
+    """Where the config's BCN norm_cfgs are (those with ``num_groups`` if given)."""
+    return [where for where, spec in _layer_cfgs(cfg._cfg_dict.to_dict())
+            if spec.get("type") in BCN_TYPES and (num_groups is None or spec.get("num_groups", 32) == num_groups)]
 
 
 def _layer_cfgs(node, where=""):
@@ -192,6 +246,7 @@ def run(test: bool) -> None:
     if not torch.cuda.is_available():
         keep_freed_memory()  # why: bcn/allocator.py
     init_distributed(args.launcher)
+    cfg = None
     try:
         cfg = load_config(args)
         if test:
@@ -207,8 +262,22 @@ def run(test: bool) -> None:
         runner = Runner.from_cfg(cfg)
         _check_weights(runner, cfg, args, test)
         runner.test() if test else runner.train()
-    except CheckpointError as error:  # one line, no traceback: the message says what to do
-        raise SystemExit(f"error: {error}") from None
+    except (CheckpointError, ValueError) as error:  # one line: the message says what to do
+        if args.show_traceback:
+            raise
+        raise SystemExit(f"error: {_located(error, cfg)} (--show-traceback shows where)") from None
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _located(error, cfg) -> str:
+    """A BCN group-count error raised while building names no config entry (the layer knows
+    its channels, not its place in the config): add the norm_cfgs it can come from."""
+    message = str(error)
+    found = re.search(r"BCN: num_groups=(\d+) does not divide", message)
+    if found and cfg is not None:
+        places = bcn_cfg_locations(cfg, int(found.group(1)))
+        if places:
+            message += f" (in {', '.join(places[:4])}{' ...' if len(places) > 4 else ''})"
+    return message

@@ -190,3 +190,50 @@ def test_data_root_overrides_leave_the_toy_set_alone_and_the_toy_never_writes_el
     empty = tmp_path / "empty"
     empty.mkdir()
     assert generate_once(empty, "done", lambda staging: (staging / "done").touch()) == empty
+
+
+def one_error_line(result):
+    """The last stderr line of a failed tool run, which must be its one-line error."""
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    return result.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("overrides,expected", [
+    (["MODEL.RESNETS.NORM", "BNC"], "MODEL.RESNETS.NORM='BNC' is not a known norm"),
+    (["MODEL.BCN.NUM_GROUPS", "48"], "MODEL.BCN.NUM_GROUPS=48 does not divide MODEL.RESNETS.STEM_OUT_CHANNELS=64"),
+    (["MODEL.FOO", "1"], "Non-existent key: MODEL.FOO"),
+    (["MODEL.WEIGHTS", "x.pth", "--eval-only"], "--eval-only came after the config overrides"),
+], ids=["norm", "groups", "key", "option-order"])
+def test_train_net_config_errors_are_one_line_before_anything_starts(tmp_path, overrides, expected):
+    out = tmp_path / "out"
+    result = run("tools/train_net.py", "--config-file", "configs/detectron2/toy/mask_rcnn_R18_FPN_bcn_ws_toy.yaml",
+                 "OUTPUT_DIR", str(out), *overrides)
+    line = one_error_line(result)
+    assert line.startswith("error: ") and expected in line and "--show-traceback" in line
+    assert not out.exists()                       # nothing written, no environment dump before it
+    assert "Environment info" not in result.stdout + result.stderr
+
+
+def test_train_seg_config_and_dataset_errors_are_one_line_and_located(tmp_path):
+    toy = "configs/mmseg/toy/deeplabv3_r18_bcn_ws_toy.py"
+    line = one_error_line(run("tools/train_seg.py", toy, "--work-dir", str(tmp_path / "a"),
+                              "--cfg-options", "model.backbone.norm_cfg.mode=micro"))
+    assert line.startswith("error: ") and "model.backbone.norm_cfg" in line and "unknown BCN mode 'micro'" in line
+    line = one_error_line(run("tools/train_seg.py", toy, "--work-dir", str(tmp_path / "b"), "--cfg-options",
+                              "norm_cfg.num_groups=48", "model.backbone.norm_cfg.num_groups=48"))
+    assert "num_groups=48 does not divide num_channels=64" in line and "model.backbone.norm_cfg" in line
+    # a VOC folder whose split is empty, then one whose label file is missing
+    voc = tmp_path / "VOC2012"
+    for sub in ("JPEGImages", "SegmentationClass", "SegmentationClassAug", "ImageSets/Segmentation"):
+        (voc / sub).mkdir(parents=True)
+    for split in ("train", "val", "trainaug"):
+        (voc / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("")
+    config = "configs/mmseg/voc/deeplabv3_r101_bcn_ws_4xb4-30k_voc12aug-513x513.py"
+    line = one_error_line(run("tools/train_seg.py", config, "--work-dir", str(tmp_path / "c"), "--data-root", str(voc)))
+    assert "train_dataloader: split file" in line and "is empty" in line
+    for split in ("train", "val", "trainaug"):
+        (voc / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("2007_000032\n")
+    (voc / "JPEGImages" / "2007_000032.jpg").write_bytes(b"")
+    (voc / "SegmentationClassAug" / "2007_000032.png").write_bytes(b"")
+    line = one_error_line(run("tools/train_seg.py", config, "--work-dir", str(tmp_path / "c"), "--data-root", str(voc)))
+    assert "1 of the 1 samples" in line and "no label file" in line and "2007_000032.png" in line
