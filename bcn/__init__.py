@@ -9,12 +9,12 @@ from .diagnostics import ChannelStatsTracker, statdiff
 from .nonfinite import SkippedUpdateReporter, skipped_updates
 from .norm import (AFFINES, MODES, BatchChannelNorm2d, EstimateBatchNorm2d,
                    EstimateRateNotSetWarning, FrozenBatchChannelNorm2d, FrozenBatchPart2d)
-from .rate import EstimateRateFollower, bcn_learning_rate, estimate_layers, set_estimate_rate
+from .rate import EstimateRateFollower, base_lr_group, estimate_layers, set_estimate_rate
 
 __all__ = [
     "functional", "fold", "cpu_norm", "WSConv2d", "BatchChannelNorm2d", "EstimateBatchNorm2d",
     "FrozenBatchChannelNorm2d", "FrozenBatchPart2d", "EstimateRateNotSetWarning", "MODES",
     "AFFINES", "EstimateRateFollower", "SkippedUpdateReporter", "skipped_updates",
-    "set_estimate_rate", "bcn_learning_rate", "estimate_layers", "convert_to_estimate_mode",
+    "set_estimate_rate", "base_lr_group", "estimate_layers", "convert_to_estimate_mode",
     "freeze_batch_channel_norm", "replace_batchnorm", "statdiff", "ChannelStatsTracker",
 ]

@@ -18,19 +18,27 @@ def set_estimate_rate(model: nn.Module, rate: float) -> int:
 
 
 def bcn_param_group(model: nn.Module, optimizer) -> int:
-    """Index of the first optimizer parameter group holding a BCN parameter (groups may differ,
-    e.g. with a bias lr factor); 0 if BCN trains nothing."""
-    ids = {id(p) for m in model.modules() if isinstance(m, BatchChannelNorm2d)
-           for p in m.parameters()}
+    """Index of the optimizer parameter group of BCN's scale parameters (its weights: biases
+    may train at another rate, e.g. a bias lr factor of 2); else of any BCN parameter; 0 if
+    BCN trains nothing."""
+    layers = [m for m in model.modules() if isinstance(m, BatchChannelNorm2d)]
+    for ids in ({id(p) for m in layers for p in (m.weight, m.pbn.weight)},
+                {id(p) for m in layers for p in m.parameters()}):
+        for index, group in enumerate(optimizer.param_groups):
+            if any(id(p) in ids for p in group["params"]):
+                return index
+    return 0
+
+
+def base_lr_group(model: nn.Module, optimizer) -> int:
+    """Index of the group of the model's first weight matrix or kernel (a conv's): its lr is the
+    configured base lr times the schedule, whatever factors biases or norms get."""
+    ids = {id(m.weight) for m in model.modules()
+           if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) and isinstance(m.weight, nn.Parameter)}
     for index, group in enumerate(optimizer.param_groups):
         if any(id(p) in ids for p in group["params"]):
             return index
     return 0
-
-
-def bcn_learning_rate(model: nn.Module, optimizer) -> float:
-    """The current learning rate of BCN's trainable parameters: the paper's estimate rate."""
-    return optimizer.param_groups[bcn_param_group(model, optimizer)]["lr"]
 
 
 class EstimateRateFollower:

@@ -10,6 +10,9 @@ import numpy as np
 
 CLASSES = ("square", "triangle", "disk")
 _COLORS = np.array([(215, 70, 60), (70, 190, 80), (70, 100, 225)], dtype=np.float64)
+# how drawn predictions show each class: one colour per class, unlike the shapes' own colours,
+# so that an overlay stays visible on its object
+DISPLAY_COLORS = [(255, 210, 0), (0, 230, 255), (255, 60, 230)]
 _CORNERS = {"square": 4, "triangle": 3, "disk": 20}
 
 

@@ -11,7 +11,7 @@ Datasets: bcn_toy_coco_train, bcn_toy_coco_val (generated on first use).
 """
 from .compat import has_fast_coco_eval, launch
 from .config import add_bcn_config, load_config
-from .hooks import EstimateRateHook, ExactResumeHook, StatDiffHook
+from .hooks import BaseLRHook, EstimateRateHook, ExactResumeHook, StatDiffHook
 from .fold import fold_bcn
 from .lazy import check_lazy_model
 from .modeling import (BCNFPN, BCNConvFCHead, BCNFactory, BCNMaskRCNNConvUpsampleHead, BCNResNet,
@@ -22,7 +22,7 @@ from .toy import ensure_toy_coco, register_toy_coco
 register_toy_coco()
 
 __all__ = [
-    "add_bcn_config", "load_config", "EstimateRateHook", "ExactResumeHook", "StatDiffHook", "BCNConvFCHead", "BCNMaskRCNNConvUpsampleHead",
+    "add_bcn_config", "load_config", "EstimateRateHook", "ExactResumeHook", "StatDiffHook", "BaseLRHook", "BCNConvFCHead", "BCNMaskRCNNConvUpsampleHead",
     "StandardizedConv2d", "BCNFactory", "StandardizeConvs", "BCNResNet", "BCNFPN", "check_lazy_model",
     "build_bcn_resnet_backbone", "build_bcn_resnet_fpn_backbone",
     "check_bcn_config", "fold_bcn", "launch", "has_fast_coco_eval", "ensure_toy_coco", "register_toy_coco",

@@ -17,7 +17,7 @@ from bcn.runs import prepare_run_dir
 from .checkpoint import BCNCheckpointer
 from .compat import OptimizerStateInCheckpoints, has_fast_coco_eval, launch
 from .config import load_config
-from .hooks import EstimateRateHook, ExactResumeHook, StatDiffHook
+from .hooks import BaseLRHook, EstimateRateHook, ExactResumeHook, StatDiffHook
 from .modeling import check_bcn_config
 from .toy import register_toy_coco
 
@@ -42,9 +42,9 @@ class Trainer(OptimizerStateInCheckpoints, DefaultTrainer):
         self.checkpointer = BCNCheckpointer(self.checkpointer.model, self.cfg.OUTPUT_DIR,
                                             partial=self.cfg.MODEL.WEIGHTS_PARTIAL,
                                             trainer=weakref.proxy(self))
-        hooks = [ExactResumeHook(), EstimateRateHook()] + super().build_hooks()
+        hooks = [ExactResumeHook(), EstimateRateHook(), BaseLRHook()] + super().build_hooks()
         if self.cfg.DIAGNOSTICS.STATDIFF_PERIOD > 0:
-            hooks.insert(2, StatDiffHook(self.cfg.DIAGNOSTICS.STATDIFF_PERIOD))
+            hooks.insert(3, StatDiffHook(self.cfg.DIAGNOSTICS.STATDIFF_PERIOD))
         return hooks
 
     def train(self):

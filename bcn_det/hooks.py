@@ -37,6 +37,20 @@ class EstimateRateHook(HookBase):
         self.follow()
 
 
+class BaseLRHook(HookBase):
+    """Logs ``base_lr`` every iteration (metrics.json, TensorBoard): the lr of the weights, i.e.
+    SOLVER.BASE_LR times the schedule. detectron2's own ``lr`` is the largest group's -- with
+    the paper configs' bias lr factor of 2, twice BASE_LR."""
+
+    def before_train(self):
+        model = getattr(self.trainer.model, "module", self.trainer.model)
+        self.group = bcn.base_lr_group(model, self.trainer.optimizer)
+
+    def after_step(self):
+        lr = self.trainer.optimizer.param_groups[self.group]["lr"]
+        self.trainer.storage.put_scalar("base_lr", lr, smoothing_hint=False)
+
+
 class StatDiffHook(HookBase):
     """Every ``period`` iterations, record StatDiff (Eq. 8) and the dead-channel fraction of
     every normalization layer during that iteration, into detectron2's EventStorage (so

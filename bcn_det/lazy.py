@@ -26,7 +26,7 @@ from bcn.allocator import keep_freed_memory
 from .checkpoint import BCNCheckpointer
 from .compat import has_fast_coco_eval
 from .engine import check_datasets
-from .hooks import EstimateRateHook, ExactResumeHook, StatDiffHook
+from .hooks import BaseLRHook, EstimateRateHook, ExactResumeHook, StatDiffHook
 from .modeling import BCNFactory, BCNResNet
 
 logger = logging.getLogger("bcn_det")
@@ -224,6 +224,7 @@ def do_train(args, cfg):
         hooks.IterationTimer(),
         ExactResumeHook(),
         EstimateRateHook(),
+        BaseLRHook(),
         StatDiffHook(statdiff) if statdiff > 0 else None,
         hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
         hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)

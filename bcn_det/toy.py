@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from bcn.runs import generate_once
-from bcn.toy_scenes import CLASSES, random_scene
+from bcn.toy_scenes import CLASSES, DISPLAY_COLORS, random_scene
 
 SPLITS = {"train": (96, 0), "val": (24, 1)}  # images, seed
 IMAGE_SIZE = 128
@@ -76,4 +76,5 @@ def register_toy_coco(root=None) -> None:
 
         DatasetCatalog.register(name, load)
         MetadataCatalog.get(name).set(json_file=str(json_file), image_root=str(image_root),
-                                      evaluator_type="coco", thing_classes=list(CLASSES))
+                                      evaluator_type="coco", thing_classes=list(CLASSES),
+                                      thing_colors=[list(c) for c in DISPLAY_COLORS])

@@ -13,7 +13,7 @@ from mmseg.datasets import BaseSegDataset
 from PIL import Image
 
 from bcn.runs import generate_once
-from bcn.toy_scenes import CLASSES, label_image, random_scene
+from bcn.toy_scenes import CLASSES, DISPLAY_COLORS, label_image, random_scene
 
 SPLITS = {"train": (64, 10), "val": (16, 11)}  # images, seed
 IMAGE_SIZE = 128
@@ -45,7 +45,7 @@ def _write_toy_voc(staging: Path) -> None:
 @DATASETS.register_module(force=True)
 class ToyVOCDataset(BaseSegDataset):
     METAINFO = dict(classes=("background",) + CLASSES,
-                    palette=[[0, 0, 0], [215, 70, 60], [70, 190, 80], [70, 100, 225]])
+                    palette=[[0, 0, 0]] + [list(c) for c in DISPLAY_COLORS])
 
     def __init__(self, **kwargs):
         ensure_toy_voc(kwargs.get("data_root"))

@@ -118,7 +118,8 @@ def test_benchmark_model_reports_ratios_over_fresh_processes(tmp_path):
 
 def test_demo_draws_both_frameworks_predictions(toy_root, toy_voc, tmp_path):
     """tools/demo.py on the toy sets with untrained weights: it runs end to end and writes one
-    PNG per image (what it draws is the frameworks' own visualizers')."""
+    PNG per image, the input beside the prediction at --scale times its size."""
+    from PIL import Image
     from detectron2.modeling import build_model
 
     from bcn_det.config import load_config
@@ -129,16 +130,21 @@ def test_demo_draws_both_frameworks_predictions(toy_root, toy_voc, tmp_path):
     torch.save({"model": build_model(load_config(det_config, ["MODEL.DEVICE", "cpu"])).state_dict()}, det_weights)
     images = sorted((toy_root / "val").glob("*.png"))[:2]
     result = run("tools/demo.py", "det", "--config-file", det_config, "--input", *map(str, images),
-                 "--output", str(tmp_path / "det"), "--confidence-threshold", "0.0",
+                 "--output", str(tmp_path / "det"), "--confidence-threshold", "0.0", "--scale", "3",
                  "--opts", "MODEL.WEIGHTS", str(det_weights), "DATASETS.TOY_ROOT", str(toy_root))
     assert result.returncode == 0, result.stderr[-2000:]
     assert sorted(p.name for p in (tmp_path / "det").glob("*.png")) == [p.name for p in images]
+    width, height = Image.open(tmp_path / "det" / images[0].name).size
+    assert height == 3 * 128 and width > 2 * 3 * 128   # input | gap | prediction
     seg_weights = tmp_path / "seg.pth"
     torch.save({"state_dict": build_seg(load_seg(SEG_TOY)).state_dict(), "meta": {}}, seg_weights)
     result = run("tools/demo.py", "seg", SEG_TOY, str(seg_weights), "--input",
-                 str(toy_voc / "JPEGImages" / "val_000[01].jpg"), "--output", str(tmp_path / "seg"))
+                 str(toy_voc / "JPEGImages" / "val_000[01].jpg"), "--output", str(tmp_path / "seg"), "--scale", "2")
     assert result.returncode == 0, result.stderr[-2000:]
     assert sorted(p.name for p in (tmp_path / "seg").glob("*.png")) == ["val_0000.png", "val_0001.png"]
+    width, height = Image.open(tmp_path / "seg" / "val_0000.png").size
+    assert height == 2 * 128 and width > 2 * 2 * 128
+    assert "background" not in result.stdout
     result = run("tools/demo.py", "seg", SEG_TOY, str(seg_weights), "--input", str(tmp_path / "missing.jpg"),
                  "--output", str(tmp_path / "x"))
     assert result.returncode != 0 and "no such image" in result.stderr

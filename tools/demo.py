@@ -8,8 +8,10 @@
 det: a YAML or LazyConfig (.py) config (--opts: KEY VALUE pairs for YAML, key=value for a
 LazyConfig), the config's input format and test size, BCN's checkpointer (which also reads the
 published BCN+WS files) and detectron2's Visualizer. seg:
-mmseg's inference_model with its SegLocalVisualizer. One PNG per image under --output (a
-folder; with a single input, a file name ending in .png works too).
+mmseg's inference_model, each class blended over its pixels (background left as the image). Each
+PNG shows the input beside the prediction, drawn at --scale times the image size (small
+images: 3 or 4), one colour per class; one PNG per image under --output (a folder; with a
+single input, a file name ending in .png works too).
 """
 import argparse
 import glob
@@ -45,7 +47,14 @@ def output_path(output, image_file, count):
     return os.path.join(output, Path(image_file).stem + ".png")
 
 
+def side_by_side(image, drawn):
+    """The input (left) beside its prediction (right), with a thin white gap."""
+    gap = np.full((image.shape[0], max(2, image.shape[1] // 100), 3), 255, dtype=np.uint8)
+    return np.concatenate([image, gap, drawn], axis=1)
+
+
 def detectron2_demo(args):
+    import cv2
     from detectron2.data import MetadataCatalog
     from detectron2.data.detection_utils import read_image
     from detectron2.utils.visualizer import ColorMode, Visualizer
@@ -54,15 +63,44 @@ def detectron2_demo(args):
 
     loaded = load_model(args.config_file, args.opts, score_threshold=args.confidence_threshold)
     metadata = MetadataCatalog.get(loaded.test_dataset or "__unused")
+    # one colour per class where the dataset has them (COCO, the toy set), else per instance
+    mode = ColorMode.SEGMENTATION if metadata.get("thing_colors", None) else ColorMode.IMAGE
     files = input_files(args.input)
     for path in files:
         image = read_image(path, format="BGR")
         instances = loaded.predict(image).to("cpu")
-        drawn = Visualizer(image[:, :, ::-1], metadata, instance_mode=ColorMode.IMAGE)
-        drawn = drawn.draw_instance_predictions(instances)
+        rgb = image[:, :, ::-1]
+        drawn = Visualizer(rgb, metadata, scale=args.scale, instance_mode=mode)
+        drawn = drawn.draw_instance_predictions(instances).get_image()
+        shown = cv2.resize(np.ascontiguousarray(rgb), drawn.shape[1::-1], interpolation=cv2.INTER_NEAREST)
         out = output_path(args.output, path, len(files))
-        drawn.save(out)
+        cv2.imwrite(out, side_by_side(shown, drawn)[:, :, ::-1])
         print(f"{path}: {len(instances)} instances -> {out}")
+
+
+def draw_classes(image, labels, classes, palette, alpha=0.55):
+    """Each non-background class blended over its pixels in its palette colour, and named
+    once at its pixels' centre, the label kept inside the image."""
+    from PIL import Image, ImageDraw
+
+    out = image.astype(np.float32)
+    present = [c for c in np.unique(labels) if 0 < c < len(classes)]
+    for c in present:
+        where = labels == c
+        out[where] = (1 - alpha) * out[where] + alpha * np.array(palette[c], dtype=np.float32)
+    drawn = Image.fromarray(out.round().astype(np.uint8))
+    pen = ImageDraw.Draw(drawn)
+    height, width = labels.shape
+    for c in present:
+        ys, xs = np.nonzero(labels == c)
+        text = classes[c]
+        left, top, right, bottom = pen.textbbox((0, 0), text)
+        w, h = right - left + 4, bottom - top + 4
+        x = int(np.clip(xs.mean() - w / 2, 0, max(0, width - w)))
+        y = int(np.clip(ys.mean() - h / 2, 0, max(0, height - h)))
+        pen.rectangle([x, y, x + w, y + h], fill=(0, 0, 0))
+        pen.text((x + 2, y + 2 - top), text, fill=tuple(palette[c]))
+    return np.asarray(drawn)
 
 
 def mmseg_demo(args):
@@ -70,29 +108,36 @@ def mmseg_demo(args):
 
     import bcn_seg  # noqa: F401  (registrations, compat)
     from mmseg.apis import inference_model, init_model
-    from mmseg.visualization import SegLocalVisualizer
     from mmengine.registry import init_default_scope
     import mmcv
 
     from bcn_seg.checkpoint import check_checkpoint_fits
 
     init_default_scope("mmseg")
-    model = init_model(args.config, None, device="cuda:0" if torch.cuda.is_available() else "cpu")
+    device = "cuda:0" if torch.cuda.is_available() else "cpu"
+    model = init_model(args.config, None, device=device)
     check_checkpoint_fits(model, args.checkpoint, "complete")
-    model = init_model(args.config, args.checkpoint, device="cuda:0" if torch.cuda.is_available() else "cpu")
+    model = init_model(args.config, args.checkpoint, device=device)
     if "test_pipeline" not in model.cfg:  # configs that keep it only in their test loader
         model.cfg.test_pipeline = model.cfg.test_dataloader.dataset.pipeline
-    visualizer = SegLocalVisualizer(vis_backends=[dict(type="LocalVisBackend")], save_dir=None, alpha=0.6)
-    visualizer.dataset_meta = model.dataset_meta
+    meta = dict(model.dataset_meta or {})
+    if not meta.get("palette") or not meta.get("classes"):  # a checkpoint without them: the config's dataset's
+        from mmseg.registry import DATASETS
+
+        meta = dict(DATASETS.get(model.cfg.test_dataloader.dataset.type).METAINFO, **{
+            k: v for k, v in meta.items() if v})
     files = input_files(args.input)
     for path in files:
-        result = inference_model(model, path)
+        labels = inference_model(model, path).pred_sem_seg.data.cpu().numpy()[0]
         image = mmcv.imread(path, channel_order="rgb")
-        visualizer.add_datasample("prediction", image, result, draw_gt=False, show=False)
+        if args.scale != 1:
+            image = mmcv.imrescale(image, args.scale, interpolation="bilinear")
+            labels = mmcv.imresize(labels.astype(np.uint8), image.shape[1::-1], interpolation="nearest")
+        drawn = draw_classes(image, labels, meta["classes"], meta["palette"])
         out = output_path(args.output, path, len(files))
-        mmcv.imwrite(visualizer.get_image()[:, :, ::-1], out)
-        classes = np.unique(result.pred_sem_seg.data.cpu().numpy())
-        print(f"{path}: classes {classes.tolist()} -> {out}")
+        mmcv.imwrite(side_by_side(image, drawn)[:, :, ::-1], out)
+        names = [meta["classes"][c] for c in np.unique(labels) if 0 < c < len(meta["classes"])]
+        print(f"{path}: {', '.join(names) or 'background only'} -> {out}")
 
 
 def main(argv=None):
@@ -103,6 +148,7 @@ def main(argv=None):
     det.add_argument("--input", nargs="+", required=True, help="images, globs or folders")
     det.add_argument("--output", required=True, help="a folder (or one .png for one input)")
     det.add_argument("--confidence-threshold", type=float, default=0.5)
+    det.add_argument("--scale", type=float, default=1.0, help="draw at this many times the image size")
     det.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
                      help="config overrides: KEY VALUE pairs (YAML) or key=value (LazyConfig)")
     seg = sub.add_parser("seg", help="an MMSegmentation model")
@@ -110,6 +156,7 @@ def main(argv=None):
     seg.add_argument("checkpoint")
     seg.add_argument("--input", nargs="+", required=True, help="images, globs or folders")
     seg.add_argument("--output", required=True, help="a folder (or one .png for one input)")
+    seg.add_argument("--scale", type=float, default=1.0, help="draw at this many times the image size")
     args = parser.parse_args(argv)
     (detectron2_demo if args.framework == "det" else mmseg_demo)(args)
 

@@ -43,3 +43,15 @@ def test_statdiff_matches_reference(fresh_seed):
     assert torch.allclose(bcn.statdiff(torch.full((64,), 2.0), sigma, 8), torch.zeros(8), atol=1e-6)
     with pytest.raises(ValueError, match="does not divide"):
         bcn.statdiff(mu, sigma, 7)
+
+
+def test_the_estimate_rate_follows_the_weights_lr_not_a_bias_factor():
+    """With biases at twice the lr (the paper configs' bias lr factor) in groups listed first,
+    the estimate rate is still the lr of BCN's weights, which is also the base lr."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 3, bias=False), bcn.BatchChannelNorm2d(64, 32, mode="estimate"))
+    biases = [p for n, p in model.named_parameters() if n.endswith("bias")]
+    weights = [p for n, p in model.named_parameters() if not n.endswith("bias")]
+    optimizer = torch.optim.SGD([{"params": biases, "lr": 0.2}, {"params": weights, "lr": 0.1}], lr=0.1)
+    bcn.EstimateRateFollower(model, optimizer)()
+    assert float(model[1].pbn.rate) == pytest.approx(0.1)
+    assert optimizer.param_groups[bcn.base_lr_group(model, optimizer)]["lr"] == 0.1

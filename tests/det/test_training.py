@@ -33,6 +33,11 @@ def test_toy_training_then_coco_evaluation(toy_cfg):
     assert all(m.rate_is_set for m in layers)
     # StatDiff of every normalized layer went through EventStorage into metrics.json
     records = [json.loads(l) for l in open(os.path.join(toy_cfg.OUTPUT_DIR, "metrics.json"))]
+    # BASE_LR as configured (times the schedule) beside detectron2's lr, the largest group's
+    # (biases at BIAS_LR_FACTOR times it)
+    last = [r for r in records if "base_lr" in r][-1]
+    assert last["base_lr"] == pytest.approx(0.002)
+    assert last["lr"] == pytest.approx(0.002 * toy_cfg.SOLVER.BIAS_LR_FACTOR)
     logged = [r for r in records if "statdiff/mean" in r]
     assert logged and logged[-1]["iteration"] == 3
     layers_logged = [k for k in logged[-1] if k.startswith("statdiff/backbone.bottom_up.res")]

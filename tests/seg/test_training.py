@@ -43,6 +43,7 @@ def test_train_then_test_reproduces_miou(toy_options, toy_voc, tmp_path):
     run_tool("train_seg.py", TOY_CONFIG, "--data-root", toy_voc, *cli_options(toy_options))
     val = metrics(work, "val")
     assert 0.0 <= val["mIoU"] <= 100.0
+    assert list(work.glob("*/vis_data/events.out.tfevents.*"))   # TensorBoard, as detectron2 runs
     test_work = tmp_path / "test"
     run_tool("test_seg.py", TOY_CONFIG, str(work / "iter_4.pth"), "--work-dir", str(test_work),
              "--data-root", toy_voc)

@@ -13,6 +13,9 @@ default_hooks = dict(
     checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=5000),
     sampler_seed=dict(type='DistSamplerSeedHook'),
     visualization=dict(type='SegVisualizationHook'))
+# scalars to vis_data/scalars.json and TensorBoard (tensorboard --logdir WORK_DIR), as detectron2
+visualizer = dict(type='SegLocalVisualizer', name='visualizer',
+                  vis_backends=[dict(type='LocalVisBackend'), dict(type='TensorboardVisBackend')])
 # BCN's estimate rate follows the learning rate; a no-op for models without estimate-mode BCN.
 custom_hooks = [dict(type='EstimateRateHook'), dict(type='ExactResumeHook')]
 # Buffers are never broadcast: estimate-mode BCN keeps its estimates per GPU (the paper).

@@ -50,6 +50,9 @@ default_hooks = dict(
     logger=dict(type='LoggerHook', interval=25, log_metric_by_epoch=False),
     checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=100),
     visualization=dict(type='SegVisualizationHook', draw=False))
+# scalars to vis_data/scalars.json and TensorBoard (tensorboard --logdir WORK_DIR), as detectron2
+visualizer = dict(type='SegLocalVisualizer', name='visualizer',
+                  vis_backends=[dict(type='LocalVisBackend'), dict(type='TensorboardVisBackend')])
 custom_hooks = [dict(type='EstimateRateHook'), dict(type='ExactResumeHook'),
                 dict(type='StatDiffHook', interval=20)]  # tools/plot_statdiff.py
 model_wrapper_cfg = dict(type='MMDistributedDataParallel', broadcast_buffers=False)
