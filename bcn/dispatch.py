@@ -44,6 +44,8 @@ First use of Triton per (device, dtype) runs ``bcn.triton_norm.self_check``; a c
 launch error, or a mismatch, then or later, warns once (``KernelUnavailableWarning``) and the
 layers run the reference path on that device and dtype from then on.
 """
+import collections
+import contextlib
 import os
 import warnings
 
@@ -56,6 +58,34 @@ _DEPRECATED = {"fused": "auto"}
 _TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _triton_status = {}  # (device, dtype) -> True / False, after the first-use check
 _cpu_status = {}     # "cpu" -> whether the C++ kernels are built
+
+
+_counters = []  # the Counters of the open served_implementations() contexts
+
+
+@contextlib.contextmanager
+def served_implementations():
+    """Counts, per implementation, the BCN layer calls (eager) that it served while the
+    context is open -- after any fallback, so "triton" means the Triton kernels ran:
+
+        with bcn.dispatch.served_implementations() as served:
+            model(x)
+        assert served["triton"] and not served["reference"]
+    """
+    served = collections.Counter()
+    _counters.append(served)
+    try:
+        yield served
+    finally:
+        _counters.remove(served)
+
+
+def record_served(impl: str) -> None:
+    """Called by the layers with the implementation that ran a call (cheap when no context is
+    open; nothing while dynamo traces a graph)."""
+    if _counters and not torch.compiler.is_compiling():
+        for served in _counters:
+            served[impl] += 1
 
 
 def requested(impl: str) -> str:

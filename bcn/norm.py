@@ -147,8 +147,10 @@ class BatchChannelNorm2d(nn.GroupNorm):
         if impl == "triton":  # any float dtype as it comes, statistics float32 or wider
             y = self._triton(x, pbn, params)
             if y is not None:
+                dispatch.record_served("triton")
                 return y
             impl = "reference"
+        dispatch.record_served(impl)
         if not torch.is_autocast_enabled(x.device.type):
             return self._normalize(x, pbn, params, impl)
         # Statistics in float32 under mixed precision; the result goes back to the input dtype.
@@ -327,25 +329,15 @@ class FrozenBatchChannelNorm2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pbn = self.pbn
         impl = dispatch.implementation(self.impl, x, pbn, self.weight.dtype) if x.shape[0] > 0 else "reference"
-        if impl == "triton":
-            from . import triton_norm
-
-            state = (pbn.running_mean, pbn.running_var, pbn.running_mean, pbn.running_mean)  # not updated
-            scalars = _device_scalars(x.device, pbn.eps, 0.0, self.eps)
-            if torch.compiler.is_compiling():
-                from . import ops
-
-                return ops.triton_forward(x, pbn.weight, pbn.bias, self.weight, self.bias,
-                                          self.num_groups, triton_norm.MODES["fixed"], False,
-                                          *state, scalars, scalars)[0]
-            try:
-                return triton_norm.batch_channel_norm(x, self.num_groups, pbn.weight, pbn.bias,
-                                                      self.weight, self.bias, "fixed", False,
-                                                      state, scalars, scalars)
-            except Exception as error:
-                dispatch.triton_failed(x.device, x.dtype, "forward", error)
-        elif impl == "cpu" and x.dtype == self.weight.dtype and not (torch.is_grad_enabled() and x.requires_grad):
-            # Frozen stages (detectron2's FREEZE_AT) see no gradient: the inference kernel.
+        if impl == "cpu" and (x.dtype != self.weight.dtype or _needs_grad(x, ())):
+            impl = "reference"  # the C++ inference kernel has no backward (frozen stages need none)
+        y = self._triton(x, pbn) if impl == "triton" else None
+        if impl == "triton" and y is None:
+            impl = "reference"
+        dispatch.record_served(impl)
+        if y is not None:
+            return y
+        if impl == "cpu":
             if torch.compiler.is_compiling():
                 from . import ops
 
@@ -355,6 +347,27 @@ class FrozenBatchChannelNorm2d(nn.Module):
                                                       self.weight, self.bias, self.eps,
                                                       pbn.running_mean, pbn.running_var)
         return BF.channel_part(pbn(x), self.num_groups, self.weight, self.bias, self.eps)
+
+    def _triton(self, x: torch.Tensor, pbn: nn.Module):
+        """Step 1 from the stored statistics ("fixed"), both steps in the Triton kernels; None if
+        they failed (the caller runs the reference path)."""
+        from . import triton_norm
+
+        state = (pbn.running_mean, pbn.running_var, pbn.running_mean, pbn.running_mean)  # not updated
+        scalars = _device_scalars(x.device, pbn.eps, 0.0, self.eps)
+        if torch.compiler.is_compiling():
+            from . import ops
+
+            return ops.triton_forward(x, pbn.weight, pbn.bias, self.weight, self.bias,
+                                      self.num_groups, triton_norm.MODES["fixed"], False,
+                                      *state, scalars, scalars)[0]
+        try:
+            return triton_norm.batch_channel_norm(x, self.num_groups, pbn.weight, pbn.bias,
+                                                  self.weight, self.bias, "fixed", False,
+                                                  state, scalars, scalars)
+        except Exception as error:
+            dispatch.triton_failed(x.device, x.dtype, "forward", error)
+            return None
 
 
 def _needs_grad(x: torch.Tensor, params) -> bool:

@@ -271,6 +271,7 @@ def test_non_finite_batch_leaves_running_state_and_is_counted(fresh_seed, impl, 
     assert int(layer.pbn.num_batches_tracked) == int(before["pbn.num_batches_tracked"]) + 1
 
 
+@pytest.mark.reference_by_design
 @pytest.mark.parametrize("mode", bcn.MODES)
 def test_an_empty_batch_gives_an_empty_output_and_changes_nothing(fresh_seed, impl, mode):
     """Detection heads run on no boxes at all (N = 0): no statistics, no state change, and the
@@ -397,3 +398,21 @@ def test_cpu_kernels_have_the_reference_numerics(fresh_seed, mode, affine):
             a.grad = b.grad = None
         for (name, a), b in zip(fast.state_dict().items(), slow.state_dict().values()):
             assert (torch.equal(a, b) if name.endswith("num_batches_tracked") else rel_err(a, b) < 1e-6), name
+
+
+def test_served_implementations_counts_what_ran():
+    """The public way to ask which implementation ran (the suite's impl tests use it)."""
+    from bcn import dispatch
+
+    layer = bcn.BatchChannelNorm2d(64, 32, impl="cpu")
+    with dispatch.served_implementations() as served:
+        layer(torch.randn(2, 64, 5, 5))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            layer(torch.randn(2, 64, 5, 5).to(torch.bfloat16))  # C++ under CPU autocast
+        frozen = bcn.FrozenBatchChannelNorm2d.from_bcn(layer)
+        with torch.no_grad():
+            frozen(torch.randn(2, 64, 5, 5))
+        frozen(torch.randn(2, 64, 5, 5, requires_grad=True))  # a gradient: the reference path
+    assert served == {"cpu": 3, "reference": 1}
+    layer(torch.randn(2, 64, 5, 5))
+    assert served == {"cpu": 3, "reference": 1}   # closed: no more counting
