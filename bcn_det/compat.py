@@ -13,6 +13,9 @@ facility, it is detected and used. Delete each when the oldest supported detectr
   fails, and the next load on it fails with a bare AssertionError (0.6 has no such state).
 - ``has_fast_coco_eval``: 0.6's COCOEvaluator fails without the C++ COCOeval_opt (main falls
   back to pycocotools itself).
+- ``pillow_linear``: 0.6 names ``Image.LINEAR`` at import (a default argument), which Pillow 10
+  removed (the same filter as ``Image.BILINEAR``); main does not. Lets 0.6 import where the
+  environment has a newer Pillow (an offline GPU node's, beside its torchvision).
 """
 import datetime
 import functools
@@ -20,6 +23,16 @@ import functools
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+
+
+def pillow_linear() -> None:
+    from PIL import Image
+
+    if not hasattr(Image, "LINEAR"):
+        Image.LINEAR = Image.BILINEAR
+
+
+pillow_linear()  # before anything of detectron2 is imported (bcn_det imports this module first)
 
 
 def has_fast_coco_eval() -> bool:

@@ -50,6 +50,37 @@ def provide_mmcv_ops() -> None:
     mmcv.ops = ops
 
 
+def provide_scipy_stand_in() -> None:
+    """mmseg 1.2.2 imports four scipy functions at module level (via mmseg.models and
+    mmseg.datasets): linear_sum_assignment (HungarianAssigner, MaskFormer-style heads),
+    interpolate (BEiT's position embeddings), gaussian_filter (a random-blur transform) and
+    distance_transform_edt (the Hausdorff loss); DeepLabV3 calls none of them. Where scipy is
+    not installed (an offline GPU node's kit leaves its ~35 MB out), provide the modules those
+    imports name, each function saying what is missing when called."""
+    if importlib.util.find_spec("scipy") is not None:
+        return
+
+    def stand_in(name):
+        module = types.ModuleType(name)
+        module.__doc__ = "bcn_seg.compat: stand-in where scipy is not installed"
+
+        def missing(attribute):
+            if attribute.startswith("__"):
+                raise AttributeError(attribute)
+
+            def needs_scipy(*args, **kwargs):
+                raise RuntimeError(f"{name}.{attribute} needs scipy, which is not installed: pip install scipy")
+            return needs_scipy
+
+        module.__getattr__ = missing
+        sys.modules[name] = module
+        return module
+
+    scipy = stand_in("scipy")
+    for sub in ("optimize", "ndimage", "interpolate"):
+        setattr(scipy, sub, stand_in(f"scipy.{sub}"))
+
+
 def allow_mmengine_checkpoints() -> None:
     """torch >= 2.6 loads with weights_only=True by default, and mmengine 0.10.7's checkpoints
     hold its HistoryBuffer (the message hub) and numpy arrays and scalars: resume and
@@ -69,4 +100,5 @@ def allow_mmengine_checkpoints() -> None:
 
 
 provide_mmcv_ops()
+provide_scipy_stand_in()
 allow_mmengine_checkpoints()

@@ -59,7 +59,14 @@ def patch(src: pathlib.Path) -> None:
 
 
 def main() -> None:
-    cache = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else ".cache/detectron2")
+    """build_detectron2.py [CACHE] [--wheel-only DIR]: install it, or (tools/gpu_kit.py) only
+    build its wheel into DIR."""
+    args = sys.argv[1:]
+    wheel_dir = None
+    if "--wheel-only" in args:
+        at = args.index("--wheel-only")
+        wheel_dir, args = args[at + 1], args[:at] + args[at + 2:]
+    cache = pathlib.Path(args[0] if args else ".cache/detectron2")
     sdist = fetch(cache)
     build = cache / "src"
     shutil.rmtree(build, ignore_errors=True)
@@ -67,6 +74,10 @@ def main() -> None:
         tar.extractall(build, filter="data")
     src = build / "pb1-detectron2-0.6"
     patch(src)
+    if wheel_dir:
+        subprocess.check_call([sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps",
+                               "-w", wheel_dir, str(src)])
+        return
     subprocess.check_call(
         [sys.executable, "-m", "pip", "install", "--no-build-isolation", "--no-deps", str(src)]
     )

@@ -10,3 +10,8 @@ if [ "${free_kb:-0}" -lt $((5 * 1024 * 1024)) ]; then
 fi
 # One thread per process: the suite runs multi-process tests on two cores.
 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} .venv/bin/python -m pytest "$@"
+# The whole run (no pytest arguments): also the oldest supported torch / triton, and the GPU
+# check's rehearsal from an offline kit, in .venv-min.
+if [ $# -eq 0 ]; then
+    bash scripts/test_min_versions.sh
+fi

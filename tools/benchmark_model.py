@@ -146,11 +146,10 @@ def with_compiled_backbones(models, compile_backbones):
 
 
 def mask_rcnn(depth, repeats, statdiff_period, size=None, device="cpu", compile_backbones=False):
+    import bcn_det  # first: its compat module lets detectron2 0.6 import with a newer Pillow
+    from bcn_det.config import load_config
     from detectron2.modeling import build_model
     from detectron2.utils.events import EventStorage
-
-    import bcn_det
-    from bcn_det.config import load_config
 
     # Equal work in the heads of every model. Inference: every detection kept up to
     # DETECTIONS_PER_IMAGE (untrained models differ in how many boxes pass a score threshold).

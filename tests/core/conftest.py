@@ -1,7 +1,11 @@
+import os
+
 import pytest
 
 
-@pytest.fixture(params=["cpu", "triton", "reference"])
+# BCN_TEST_IMPLS=cpu,triton: only those (scripts/test_min_versions.sh: the reference path is
+# plain torch, tested with the main stack)
+@pytest.fixture(params=os.environ.get("BCN_TEST_IMPLS", "cpu,triton,reference").split(","))
 def impl(request):
     """Every implementation of BatchChannelNorm2d is held to the float64 reference: the C++ CPU
     kernels, the Triton kernels (on CPU tensors: TRITON_INTERPRET=1, tests/conftest.py) and the

@@ -153,3 +153,19 @@ def test_first_use_check_passes_under_no_grad_and_inference_mode(monkeypatch, co
     with torch.no_grad():
         want = bcn.BatchChannelNorm2d(64, 32, impl="reference").eval()(x)
     assert torch.allclose(y, want, atol=1e-5)
+
+
+def test_kernels_launch_under_a_guard_for_the_tensors_device(monkeypatch):
+    """Triton launches on the current CUDA device: the forward, the backward and the first-use
+    check make the tensors' device current first (a model on cuda:1 while cuda:0 is current)."""
+    from bcn import triton_norm
+
+    guard = triton_norm._on(torch.device("cuda", 1))
+    assert isinstance(guard, torch.cuda.device) and guard.idx == 1   # entered only on a GPU
+    seen = []
+    real = triton_norm._on
+    monkeypatch.setattr(triton_norm, "_on", lambda device: seen.append(device) or real(device))
+    layer = bcn.BatchChannelNorm2d(64, 32, impl="triton")
+    x = torch.randn(2, 64, 5, 7, requires_grad=True)
+    layer(x).sum().backward()
+    assert seen.count(torch.device("cpu")) >= 2          # forward and backward
