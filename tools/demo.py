@@ -57,6 +57,8 @@ def detectron2_demo(args):
     import cv2
     from detectron2.data import MetadataCatalog
     from detectron2.data.detection_utils import read_image
+    import torch
+    from detectron2.structures import Instances
     from detectron2.utils.visualizer import ColorMode, Visualizer
 
     from bcn_det.inference import load_model
@@ -69,9 +71,17 @@ def detectron2_demo(args):
     for path in files:
         image = read_image(path, format="BGR")
         instances = loaded.predict(image).to("cpu")
-        rgb = image[:, :, ::-1]
+        # a white margin right and below, where labels of boxes at the border stay readable
+        height, width = image.shape[:2]
+        rgb = np.full((height + height // 8, width + width // 3, 3), 255, dtype=np.uint8)
+        rgb[:height, :width] = image[:, :, ::-1]
+        shown_instances = Instances(rgb.shape[:2], **instances.get_fields())
+        if instances.has("pred_masks"):
+            masks = instances.pred_masks
+            shown_instances.pred_masks = torch.nn.functional.pad(
+                masks, (0, rgb.shape[1] - width, 0, rgb.shape[0] - height))
         drawn = Visualizer(rgb, metadata, scale=args.scale, instance_mode=mode)
-        drawn = drawn.draw_instance_predictions(instances).get_image()
+        drawn = drawn.draw_instance_predictions(shown_instances).get_image()
         shown = cv2.resize(np.ascontiguousarray(rgb), drawn.shape[1::-1], interpolation=cv2.INTER_NEAREST)
         out = output_path(args.output, path, len(files))
         cv2.imwrite(out, side_by_side(shown, drawn)[:, :, ::-1])
