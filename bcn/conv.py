@@ -1,4 +1,4 @@
-"""Weight-Standardized convolution (BCN_SPEC §2, Eq. 9)."""
+"""Weight-Standardized convolution (the paper's Eq. 9, Sec. 2.3)."""
 import torch
 from torch import nn
 
@@ -32,9 +32,6 @@ class WSConv2d(nn.Conv2d):
             raise ValueError(f"unknown weight-standardization form {ws_form!r}; choose one of {WS_FORMS}")
         super().__init__(*args, **kwargs)
         self.ws_eps, self.ws_form = ws_eps, ws_form
-
-    def standardized_weight(self) -> torch.Tensor:
-        return standardize_weight(self.weight, self.ws_eps, self.ws_form)
 
     def _conv_forward(self, x, weight, bias):
         return super()._conv_forward(x, standardize_weight(weight, self.ws_eps, self.ws_form), bias)

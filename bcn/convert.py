@@ -6,7 +6,7 @@ from .norm import BatchChannelNorm2d, EstimateBatchNorm2d, FrozenBatchChannelNor
 
 def convert_to_estimate_mode(model: nn.Module) -> nn.Module:
     """Switch every batch-mode BCN to estimate mode, in place. The estimates start from the
-    BatchNorm running statistics (BCN_SPEC §1b, fine-tuning from a large-batch checkpoint),
+    BatchNorm running statistics (Algorithm 1's estimates, fine-tuning from a large-batch checkpoint),
     so eval outputs are unchanged."""
     for bcn in [m for m in model.modules() if isinstance(m, BatchChannelNorm2d)]:
         if bcn.mode == "estimate":

@@ -1,4 +1,4 @@
-"""The elimination-singularity diagnostic StatDiff (BCN_SPEC §4, Eq. 8)."""
+"""The elimination-singularity diagnostic StatDiff (the paper's Eq. 8, Sec. 2.2)."""
 import torch
 from torch import Tensor
 

@@ -9,7 +9,6 @@ what a user may ask for, fixed at construction:
                  CPU tensors under TRITON_INTERPRET=1 (how the tests run them) -- else reference
     "reference"  the composition: the batch part's own forward, then F.group_norm and the
                  group affine (bcn.functional); every other path is tested against it
-    "fused"      deprecated name of "auto"
 
 Per call, the first row that matches decides (dtype: under CPU autocast, float32, since the
 statistics are taken in float32 and the CPU path converts the map):
@@ -54,7 +53,6 @@ import torch
 from . import cpu_kernels
 
 IMPLS = ("auto", "cpu", "triton", "reference")
-_DEPRECATED = {"fused": "auto"}
 _TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _triton_status = {}  # (device, dtype) -> True / False, after the first-use check
 _cpu_status = {}     # "cpu" -> whether the C++ kernels are built
@@ -89,12 +87,7 @@ def record_served(impl: str) -> None:
 
 
 def requested(impl: str) -> str:
-    """The user's ``impl``, validated; "fused" maps to "auto" with a DeprecationWarning."""
-    if impl in _DEPRECATED:
-        warnings.warn(f"BCN impl={impl!r} is deprecated; use impl={_DEPRECATED[impl]!r} (same "
-                      "behaviour: each device's kernels where they apply)", DeprecationWarning,
-                      stacklevel=3)
-        return _DEPRECATED[impl]
+    """The user's ``impl``, validated."""
     if impl not in IMPLS:
         raise ValueError(f"unknown BCN impl {impl!r}; choose one of {IMPLS}")
     return impl

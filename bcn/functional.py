@@ -1,4 +1,4 @@
-"""BCN_SPEC's equations as pure functions of tensors: no modules, no state, no framework.
+"""The paper's equations (Eqs. 9, 13-16, Algorithm 1) as pure functions of tensors: no modules, no state, no framework.
 
 Shapes: x is (N, C, *spatial). Per-channel vectors are (C,). Statistics are taken over every
 dimension except the channel one, biased (divide by the count), as BatchNorm does.
@@ -15,10 +15,6 @@ WS_FORMS = ("eps_in_sqrt", "eps_on_std")
 
 def _reduce_dims(x: Tensor) -> list:
     return [0] + list(range(2, x.dim()))
-
-
-def _per_channel(v: Tensor, x: Tensor) -> Tensor:
-    return v.reshape((1, -1) + (1,) * (x.dim() - 2))
 
 
 def channel_moments(x: Tensor) -> Tuple[Tensor, Tensor]:

@@ -1,4 +1,4 @@
-"""The published BCN+WS ImageNet checkpoints (BCN_SPEC §3), read into one canonical form.
+"""The published BCN+WS ImageNet checkpoints (released with the authors' code), read into one canonical form.
 
 Canonical form: the torchvision-style names of the published files, the batch part called
 ``pbn``, no ``module.`` prefix, no classifier (fc.*). It is also exactly the state dict of
@@ -12,14 +12,9 @@ from typing import Dict, List, Mapping, Optional
 
 import torch
 
-# Released with the authors' code, github.com/joe-siyuan-qiao/Batch-Channel-Normalization (the
-# paper's link). No sha256 sums are published: pass yours to read_published(sha256=...) to pin.
-PUBLISHED_FILES = {
-    "rn50_bcn_ws.pth": "ResNet-50, BCN+WS, ImageNet top-1 error 23.09",
-    "rn101_bcn_ws.pth": "ResNet-101, BCN+WS, ImageNet top-1 error 21.29",
-    "rx50_bcn_ws.pth": "ResNeXt-50 32x4d, BCN+WS, ImageNet top-1 error 22.08",
-    "rn101-bcn-ws.pth.tar": "ResNet-101, BCN+WS, the file used for segmentation",
-}
+# The files (rn50_bcn_ws.pth, rn101_bcn_ws.pth, rx50_bcn_ws.pth, rn101-bcn-ws.pth.tar) come with
+# the authors' code, github.com/joe-siyuan-qiao/Batch-Channel-Normalization (the paper's link).
+# No sha256 sums are published: pass yours to read_published(sha256=...) to pin.
 _BATCH_PART = re.compile(r"^((?:layer\d+\.\d+\.)?(?:bn\d|downsample\.1))\.bn\.")
 _ESTIMATE_RATE = "estbn_moving_speed"
 _EXPECTED = ("a torchvision-style ResNet/ResNeXt state dict with BCN: conv1.weight, "

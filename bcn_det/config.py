@@ -7,7 +7,7 @@ def add_bcn_config(cfg: CN) -> CN:
     if "BCN" in cfg.MODEL:
         return cfg
     cfg.MODEL.BCN = CN()
-    # Groups of the channel part (BCN_SPEC §1); 32 in every published model.
+    # Groups of the channel part (the paper's Eq. 15); 32 in every published model.
     cfg.MODEL.BCN.NUM_GROUPS = 32
     # "estimate": micro-batch training (Algorithm 1), estimates per GPU at a rate equal to the
     # learning rate; "batch": BatchNorm statistics for step 1 (large batches per GPU).

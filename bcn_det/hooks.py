@@ -8,7 +8,7 @@ import bcn
 
 class EstimateRateHook(HookBase):
     """Before every iteration, set the estimate rate of every estimate-mode BCN layer to the
-    current learning rate (BCN_SPEC §1b), so it follows warm-up and steps.
+    current learning rate (the paper's Algorithm 1, Sec. 3.2), so it follows warm-up and steps.
 
     tools/train_net.py adds it. In a trainer of your own:
     ``trainer.register_hooks([bcn_det.EstimateRateHook()])``.

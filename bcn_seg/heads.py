@@ -1,4 +1,4 @@
-"""DeepLabV3's decoder head as the paper's code builds it (BCN_SPEC §5).
+"""DeepLabV3's decoder head as the paper's code builds it (Sec. 4.3).
 
 mmseg's ASPPHead fuses the five branches with a 3x3 conv; DeepLabV3 (Chen et al. 2017, §3.3)
 and the authors' script (DeepLabV3/deeplab.py: ``conv2``) fuse them with a 1x1 conv, 256

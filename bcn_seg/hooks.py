@@ -8,7 +8,7 @@ import bcn
 @HOOKS.register_module(force=True)
 class EstimateRateHook(Hook):
     """Before every training iteration, set the estimate rate of every estimate-mode BCN layer
-    to the current learning rate (BCN_SPEC §1b), following warm-up and the poly decay.
+    to the current learning rate (the paper's Algorithm 1, Sec. 3.2), following warm-up and the poly decay.
 
     In a config: ``custom_hooks = [dict(type='EstimateRateHook')]``.
 

@@ -1,4 +1,4 @@
-"""Training-time rescaling as the authors' DeepLabV3 script does it (BCN_SPEC §5).
+"""Training-time rescaling as the authors' DeepLabV3 script does it (the paper's Sec. 4.3 setup).
 
 Their ``utils.preprocess`` scales each image by s = 2^u, u uniform in [log2 0.5, log2 2], of
 its own size, with PIL's antialiasing filter (labels: nearest). mmseg's RandomResize instead

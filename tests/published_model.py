@@ -1,4 +1,4 @@
-"""A reference model in the published layout itself (BCN_SPEC §3): torchvision's ResNet /
+"""A reference model in the published layout itself (the authors' released checkpoints): torchvision's ResNet /
 ResNeXt with BCN + WS, random weights and statistics, saved in each published variant."""
 import torch
 from torch import nn

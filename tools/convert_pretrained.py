@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Convert a published BCN+WS ImageNet checkpoint (BCN_SPEC §3, any variant) into a framework's
+"""Convert a published BCN+WS ImageNet checkpoint (released with the authors' code, any variant) into a framework's
 own file.
 
     python tools/convert_pretrained.py rn50_bcn_ws.pth --to detectron2 pretrained/rn50_bcn_ws_d2.pkl

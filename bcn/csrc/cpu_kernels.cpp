@@ -70,9 +70,8 @@ int64_t grain_for(int64_t values_per_item) {
 }
 
 // The lanes of a vector summed pairwise: its halves added as vectors, down to two lanes
-// (log2(lanes) vector adds). Written lane by lane on an array, the compiler emitted a chain of
-// scalar adds with shuffles; through memcpy it kept the accumulators in memory. Built from the
-// lanes' values, the halves stay in registers.
+// (log2(lanes) vector adds). The halves are built from the lanes' values (not through an
+// array or memcpy), so that they stay in registers as vectors.
 template <typename T, typename V, size_t... Lane>
 inline T lane_sum(const V& v, std::index_sequence<Lane...>) {
   constexpr size_t half = sizeof...(Lane);
@@ -251,8 +250,8 @@ std::vector<double> per_channel(const at::Tensor& t, int64_t channels) {
 // ==============================================================================================
 
 // A plane's output y = a (x - centre) + b, taken around a centre where its values are expected
-// (the channel's step-1 mean): float rounding then stays relative to y, not to x. As a x + b', a
-// map far from zero (mean 1000, std 0.5) came out with 5e-5 relative error instead of 1e-7.
+// (the channel's step-1 mean): float rounding then stays relative to y, not to x. (As a x + b',
+// a map far from zero loses to cancellation the digits its spread needs.)
 template <typename scalar_t>
 struct PlaneAffine {
   scalar_t a, centre, b;
@@ -816,7 +815,7 @@ at::Tensor inference_forward(const at::Tensor& x, const at::Tensor& mean, const 
 // Weight standardization
 // ==============================================================================================
 
-// Weight standardization (BCN_SPEC Eq. 9, the published form): each output channel's row w of
+// Weight standardization (the paper's Eq. 9, the published form): each output channel's row w of
 // k values becomes z = (w - m) s, s = 1 / sqrt(var + eps), var unbiased. One task per block of
 // rows, each row read for its moments and written while in cache: a copy's memory traffic
 // (tools/benchmark_ws.py compares it with a clone and with the reference path). Rows are

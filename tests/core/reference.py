@@ -1,4 +1,4 @@
-"""An independent float64 reference of BCN_SPEC's equations, for tests.
+"""An independent float64 reference of the paper's equations (Eqs. 8, 9, 13-16, Algorithm 1), for tests.
 
 Written straight from the spec with explicit formulas; it does not import bcn.
 """

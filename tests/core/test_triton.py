@@ -164,8 +164,6 @@ def test_dispatch_follows_its_table():
     assert dispatch.implementation("triton", x, torch.nn.BatchNorm2d(8, momentum=None), torch.float32) == "reference"
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert dispatch.implementation("auto", x.bfloat16(), bn, torch.float32) == "cpu"
-    with pytest.warns(DeprecationWarning, match="impl='fused' is deprecated; use impl='auto'"):
-        assert bcn.BatchChannelNorm2d(8, 4, impl="fused").impl == "auto"
     with pytest.raises(ValueError, match="unknown BCN impl 'cuda'"):
         bcn.BatchChannelNorm2d(8, 4, impl="cuda")
 

@@ -1,4 +1,4 @@
-"""The COCO configs build the paper's detectors (BCN_SPEC §5, configs/README.md's table).
+"""The COCO configs build the paper's detectors (its Sec. 4.4, configs/README.md's table).
 
 The settings are checked on what detectron2 builds from them -- augmentations, poolers, losses,
 optimizer groups, the LR schedule -- against the table's values, which come from the paper's

@@ -1,4 +1,4 @@
-"""The VOC configs build the paper's DeepLabV3 (BCN_SPEC §5, configs/README.md's table).
+"""The VOC configs build the paper's DeepLabV3 (its Sec. 4.3, configs/README.md's table).
 
 Checked on the networks and pipelines they build, against what this project did not write:
 torchvision's dilated ResNet in the published layout, PIL's resampling, mmengine's schedulers.

@@ -1,5 +1,5 @@
 """LazyConfig twin of Base-RCNN-FPN-BCN.yaml: Mask/Faster R-CNN with FPN and the "4conv1fc" box
-head, BCN + WS in the backbone, FPN, box head and mask head (BCN_SPEC §5), 4 GPUs x 1 image,
+head, BCN + WS in the backbone, FPN, box head and mask head (the paper's Sec. 4.4), 4 GPUs x 1 image,
 unsynchronized: BCN in estimate mode. Built on detectron2's common configs; every setting that
 differs from them is the YAML base's, with the sources of configs/README.md (the tests build
 both and compare the networks, optimizer groups and schedules). Train with tools/train_net.py.

@@ -1,4 +1,4 @@
-# DeepLabV3 R-101 as the paper trains it on VOC (BCN_SPEC §5; every setting's source:
+# DeepLabV3 R-101 as the paper trains it on VOC (the paper's Sec. 4.3; every setting's source:
 # configs/README.md). The norm and conv layers (norm_cfg, conv_cfg) are set by each config.
 custom_imports = dict(imports=['bcn_seg'], allow_failed_imports=False)
 # Normalize, then pad to 513 with 0 (the mean image) and label 255, in training and test:

@@ -1,4 +1,4 @@
-# PASCAL VOC 2012 + SBD augmented set (10,582 images) as the paper trains on it (BCN_SPEC §5;
+# PASCAL VOC 2012 + SBD augmented set (10,582 images) as the paper trains on it (the paper's Sec. 4.3;
 # sources: configs/README.md): flip, log-uniform rescale 0.5-2.0 of the image's own size,
 # random 513 crop (padding: the model's data_preprocessor); single-scale test, no flip.
 _base_ = ['mmseg::_base_/datasets/pascal_voc12_aug.py']
