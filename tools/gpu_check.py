@@ -162,6 +162,8 @@ def accuracy(s):
             s.row(str(dtype)[6:], "first-use check (under no_grad)", "all", "", "ok" if ready else "FAILED")
         except Exception as exc:
             s.row(str(dtype)[6:], "first-use check", "all", _error(exc), "FAILED")
+        s.row(str(dtype)[6:], "synchronized batch part (sync_batch=True)", "batch", "-",
+              "reference path: the kernels do not all-reduce step 1's sums yet")
         for shape, groups, modes, channels_last, per_channel in (REHEARSAL_CASES if s.rehearse else CASES):
             case = "x".join(map(str, shape)) + (" channels_last" if channels_last else "") + (
                 " per-channel affine" if per_channel else "")
