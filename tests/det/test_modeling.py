@@ -101,7 +101,7 @@ def test_models_without_bcn_are_untouched():
 @pytest.mark.parametrize("opts,message", [
     (["MODEL.RESNETS.NORM", "BCNN"], r"MODEL.RESNETS.NORM='BCNN' is not a known norm"),
     (["MODEL.ROI_BOX_HEAD.NORM", "batchnorm"], r"MODEL.ROI_BOX_HEAD.NORM='batchnorm' is not a known norm"),
-    (["MODEL.BCN.NUM_GROUPS", "48"], r"MODEL.RESNETS.NORM='BCN'.*num_groups=48 does not divide"),
+    (["MODEL.BCN.NUM_GROUPS", "48"], r"MODEL.BCN.NUM_GROUPS=48 does not divide MODEL.RESNETS.STEM_OUT_CHANNELS=64.*MODEL.RESNETS.NORM"),
     (["MODEL.BCN.MODE", "micro"], r"unknown BCN mode 'micro'"),
     (["MODEL.BACKBONE.NAME", "build_resnet_fpn_backbone"], r"needs MODEL.BACKBONE.NAME to be one of"),
     (["MODEL.ROI_MASK_HEAD.NAME", "MaskRCNNConvUpsampleHead"], r"needs MODEL.ROI_MASK_HEAD.NAME"),
