@@ -143,6 +143,12 @@ class BatchChannelNorm2d(nn.GroupNorm):
         params = (pbn._parameters["weight"], pbn._parameters["bias"],
                   self._parameters["weight"], self._parameters["bias"])
         impl = dispatch.implementation(self.impl, x, pbn, params[2].dtype)
+        if impl != "reference" and _few_batch_values(x, pbn) and not torch.compiler.is_compiling():
+            y = self._in_float64(x, pbn, params, impl)
+            if y is not None:
+                dispatch.record_served(impl)
+                return y
+            impl = "reference"
         if impl == "triton":  # any float dtype as it comes, statistics float32 or wider
             y = self._triton(x, pbn, params)
             if y is not None:
@@ -155,6 +161,29 @@ class BatchChannelNorm2d(nn.GroupNorm):
         # Statistics in float32 under mixed precision; the result goes back to the input dtype.
         with torch.autocast(x.device.type, enabled=False):
             return self._normalize(x.float(), pbn, params, impl).to(x.dtype)
+
+    def _in_float64(self, x: torch.Tensor, pbn: nn.Module, params, impl: str):
+        """The kernels in float64, result in x's dtype, for batch statistics of a handful of
+        values per channel (e.g. DeepLabV3's image-pooling branch, N x C x 1 x 1): there the
+        gradient through the batch statistics nearly cancels (two values normalize to +-1 whatever
+        they are), and the kernels' folded per-plane coefficients, rounded to float32, would leave
+        an error larger than the gradient itself. The running state is updated as usual."""
+        buffers = pbn._buffers
+        kept = buffers["running_mean"], buffers["running_var"]
+        buffers["running_mean"], buffers["running_var"] = kept[0].double(), kept[1].double()
+        try:
+            wide = (x.double(), tuple(p.double() for p in params))
+            run = self._triton if impl == "triton" else self._cpu_kernels
+            y = run(wide[0], pbn, wide[1])
+        finally:
+            updated = buffers["running_mean"], buffers["running_var"]
+            buffers["running_mean"], buffers["running_var"] = kept
+        if y is None:
+            return None
+        with torch.no_grad():
+            for buffer, value in zip(kept, updated):
+                buffer.copy_(value)
+        return y.to(x.dtype)
 
     def _no_values(self, x: torch.Tensor) -> torch.Tensor:
         """An empty batch (a detection head given no boxes: N = 0) has no statistics: the running
@@ -367,6 +396,16 @@ class FrozenBatchChannelNorm2d(nn.Module):
         except Exception as error:
             dispatch.triton_failed(x.device, x.dtype, "forward", error)
             return None
+
+
+SMALL_BATCH_VALUES = 8  # values per channel at or below which batch statistics run in float64
+
+
+def _few_batch_values(x: torch.Tensor, pbn: nn.Module) -> bool:
+    """Batch statistics (training in batch mode) over at most SMALL_BATCH_VALUES values per
+    channel, of a map narrower than float64."""
+    return (pbn.training and not isinstance(pbn, EstimateBatchNorm2d) and x.dtype != torch.float64
+            and x.numel() <= SMALL_BATCH_VALUES * x.shape[1])
 
 
 def _needs_grad(x: torch.Tensor, params) -> bool:

@@ -416,3 +416,33 @@ def test_served_implementations_counts_what_ran():
     assert served == {"cpu": 3, "reference": 1}
     layer(torch.randn(2, 64, 5, 5))
     assert served == {"cpu": 3, "reference": 1}   # closed: no more counting
+
+
+def test_two_values_per_channel_backward_is_as_accurate_as_the_composition(impl, fresh_seed):
+    """Batch mode over two values per channel (N = 2, 1 x 1 maps: DeepLabV3's image pooling with
+    2 images per GPU): the gradient through the batch statistics nearly cancels. In float32, dx
+    is no further from the float64 truth than the composition's, and the running state moves
+    as the composition's does."""
+    shape, groups = (2, 64, 1, 1), 32
+    f64 = dict(dtype=torch.float64)
+    x32 = (torch.randn(shape, **f64) * 2 + 1).float()
+    grad32 = torch.randn(shape, **f64).float()
+    values = [torch.rand(64, **f64) + 0.5, torch.randn(64, **f64), torch.rand(1, groups, 1, **f64) + 0.5,
+              torch.randn(1, groups, 1, **f64)]
+
+    def run(layer_impl, dtype):
+        layer = bcn.BatchChannelNorm2d(64, groups, mode="batch", impl=layer_impl).to(dtype).train()
+        with torch.no_grad():
+            for p, v in zip((layer.pbn.weight, layer.pbn.bias, layer.weight, layer.bias), values):
+                p.copy_(v.float())   # the float32 values, exactly, in every run
+        x = x32.to(dtype).clone().requires_grad_()
+        layer(x).backward(grad32.to(dtype))
+        return x.grad.double(), layer.pbn.running_mean.double(), layer.pbn.running_var.double()
+
+    truth = run("reference", torch.float64)
+    composition = run("reference", torch.float32)
+    ours = run(impl, torch.float32)
+    error = lambda got: float((got[0] - truth[0]).norm() / truth[0].norm())  # noqa: E731
+    assert error(ours) <= max(error(composition), 1e-6), (error(ours), error(composition))
+    for got, want in zip(ours[1:], truth[1:]):
+        assert torch.allclose(got, want, rtol=1e-6, atol=1e-7)
