@@ -194,10 +194,10 @@ def triton_backward(grad: Tensor, saved: List[Tensor], gamma: Tensor, groups: in
 def _triton_backward_fake(grad, saved, gamma, groups, mode):
     x = saved[0]
     c = x.shape[1]
-    f64 = dict(dtype=torch.float64)
     shares = c if gamma.dim() == 1 else groups
-    return [torch.empty_like(x), x.new_empty(c, **f64), x.new_empty(c, **f64),
-            x.new_empty(shares, **f64), x.new_empty(shares, **f64)]
+    wide = dict(dtype=gamma.dtype)  # the parameters' dtype
+    return [torch.empty_like(x), x.new_empty(c, **wide), x.new_empty(c, **wide),
+            x.new_empty(shares, **wide), x.new_empty(shares, **wide)]
 
 
 if not _TRACEABLE:

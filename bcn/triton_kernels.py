@@ -324,8 +324,8 @@ def _channel_gradients(p_ptr, q_ptr, mean_ptr, c_m_ptr, c_dy_ptr, c_x_ptr, c_0_p
         m = tl.load(mean_ptr + idx, mask=mask, other=0.0)
         sum_p += tl.sum(p, axis=0)
         sum_pq += tl.sum(q + (m - mu[None, :]) * p, axis=0)   # sum dx1 (x - mu)
-    tl.store(dbn_b_ptr + cs, sum_p, mask=cmask)
-    tl.store(dbn_w_ptr + cs, sum_pq * inv, mask=cmask)
+    tl.store(dbn_b_ptr + cs, sum_p.to(dbn_b_ptr.dtype.element_ty), mask=cmask)
+    tl.store(dbn_w_ptr + cs, (sum_pq * inv).to(dbn_w_ptr.dtype.element_ty), mask=cmask)
     count = N.to(tl.float64) * L
     k1 = sum_p / count
     k2 = sum_pq * inv / count                                     # mean(dx1 x^)
@@ -423,7 +423,7 @@ def forward(x, groups, bn_weight, bn_bias, gn_weight, gn_bias, running_mean, run
     run(_plane_moments)[grid](x, mean, var, planes, c, length, COMPUTE=compute, **tiles)
     a, b, mu, inv, new_mean, new_var = (torch.empty(c, **f64) for _ in range(6))
     ctiles, cgrid = channel_launch(n, c)
-    flags = torch.zeros(cgrid[0], dtype=torch.int32, device=x.device)
+    flags = torch.empty(cgrid[0], dtype=torch.int32, device=x.device)  # each program writes its own
     run(_channel_stats)[cgrid](mean, var, n, c, length, bn_weight, bn_bias, running_mean, running_var,
                                scalars, rate, a, b, mu, inv, new_mean, new_var, flags, MODE=mode,
                                UPDATE=update, **ctiles)
@@ -445,8 +445,8 @@ def forward(x, groups, bn_weight, bn_bias, gn_weight, gn_bias, running_mean, run
 
 
 def backward(dy, saved, groups, gn_weight, mode, traceable=False):
-    """(dx, d bn_weight, d bn_bias, d gn_weight, d gn_bias); parameter gradients in float64,
-    gn's flat ((G,) or (C,))."""
+    """(dx, d bn_weight, d bn_bias, d gn_weight, d gn_bias); parameter gradients in the
+    parameters' dtype (gn_weight's), gn's flat ((G,) or (C,))."""
     run = _launcher(traceable)
     x, mean, var, coef_m, a, b, mu, inv, mu_g, rstd_g = saved
     x, channels_last = _layout(x)
@@ -467,11 +467,13 @@ def backward(dy, saved, groups, gn_weight, mode, traceable=False):
                                          PER_CHANNEL_AFFINE=per_channel, **group_launch(d))
     k_dy = torch.empty(planes, dtype=coef_dtype, device=x.device)
     k_x, k_0 = torch.empty_like(k_dy), torch.empty_like(k_dy)
-    dbn_w, dbn_b = torch.empty(c, **f64), torch.empty(c, **f64)
+    # the parameters' gradients written in their dtype by the kernels: no cast afterwards
+    dbn_w, dbn_b = torch.empty(c, dtype=gn_weight.dtype, device=x.device), torch.empty(c, dtype=gn_weight.dtype, device=x.device)
     ctiles, cgrid = channel_launch(n, c)
     run(_channel_gradients)[cgrid](p, q, mean, coef_m, c_dy, c_x, c_0, a, mu, inv, k_dy, k_x, k_0,
                                    dbn_w, dbn_b, n, c, length, MODE=mode, **ctiles)
     dx = torch.empty_like(x)
     run(_apply)[grid](x, dy, dx, k_x, coef_m, k_0, k_dy, planes, c, length, HAS_DY=True,
                       COMPUTE=compute, **tiles)
-    return dx, dbn_w, dbn_b, dgamma.view(n, -1).sum(0), dbeta.view(n, -1).sum(0)
+    return (dx, dbn_w, dbn_b, dgamma.view(n, -1).sum(0, dtype=gn_weight.dtype),
+            dbeta.view(n, -1).sum(0, dtype=gn_weight.dtype))

@@ -45,7 +45,7 @@ class TritonBatchChannelNorm(torch.autograd.Function):
 
 def as_parameter_gradients(dx, grads, params):
     """(dx, then each parameter's gradient in its own shape and dtype): the kernels give them
-    flat, in float64."""
+    flat (in the parameters' dtype; the reference fallback in float64)."""
     return (dx,) + tuple(g.view(p.shape).to(p.dtype) for g, p in zip(grads, params))
 
 

@@ -4,6 +4,18 @@ import os
 # before bcn.triton_kernels is imported): how the suite tests BCN's GPU kernels without a GPU.
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# torch.compile's on-disk caches are keyed on the graphs, not on bcn's operators' fake
+# implementations: a cache filled before an operator changed would replay stale output shapes
+# or dtypes. One cache folder per version of the operators' code.
+import hashlib  # noqa: E402
+import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+_OPERATORS = ("ops.py", "triton_kernels.py", "triton_norm.py", "cpu_norm.py", "csrc/cpu_kernels.cpp")
+_DIGEST = hashlib.sha256(b"".join((Path(__file__).parent.parent / "bcn" / name).read_bytes()
+                                  for name in _OPERATORS)).hexdigest()[:12]
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"torchinductor_bcn_{_DIGEST}"))
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
