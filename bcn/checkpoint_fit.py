@@ -76,14 +76,13 @@ def require_fit(fit: Fit, purpose: str, path: str, kind: str, how_to_force: str)
 
 def model_weights(obj):
     """(the format recognised, the model's weights) of a loaded checkpoint: detectron2's
-    ({"model": ...}), mmengine's ({"state_dict": ..., "meta" / "message_hub": ...}, without a
-    DDP "module." prefix), or a plain state dict. (bcn.pretrained reads the published
+    ({"model": ...}), mmengine's ({"state_dict": ...}, without a DDP "module." prefix), or a
+    plain state dict. (bcn.pretrained reads the published
     BCN+WS layout.)"""
     if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
         return "detectron2 checkpoint", obj["model"]
-    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping) and (
-            "meta" in obj or "message_hub" in obj):
-        state = obj["state_dict"]
+    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        state = obj["state_dict"]   # mmengine's layout (its meta and message hub are optional)
         return "MMSegmentation / mmengine checkpoint", {
             (k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
     return "plain state dict", obj

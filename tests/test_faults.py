@@ -82,7 +82,7 @@ def old_run(folder):
 
 @pytest.mark.parametrize("config", ["configs/detectron2/toy/mask_rcnn_R18_FPN_bcn_ws_toy.yaml",
                                     "configs/detectron2/toy/mask_rcnn_R18_FPN_bcn_ws_toy.py"])
-def test_a_refused_run_leaves_the_old_one_untouched_and_overwrite_moves_it_aside(tmp_path, config):
+def test_a_refused_run_leaves_the_old_one_untouched_and_overwrite_moves_it_aside(tmp_path, config, toy_root):
     out = tmp_path / "run"
     files = old_run(out)
     lazy = config.endswith(".py")
@@ -90,16 +90,24 @@ def test_a_refused_run_leaves_the_old_one_untouched_and_overwrite_moves_it_aside
     result = run("tools/train_net.py", "--config-file", config, *output)
     assert result.returncode != 0 and "already holds a training run" in result.stderr
     assert {p.name: p.read_text() for p in out.iterdir()} == files   # nothing written before the refusal
-    # --overwrite: the old run moves to a dated sibling, whole; the new one starts in an empty
-    # folder (here it then stops at its missing dataset)
+    # --overwrite for a run that cannot start (a missing dataset): nothing moves
     missing = ["dataloader.train.dataset.names=coco_2017_train"] if lazy else ["DATASETS.TRAIN", "('coco_2017_train',)"]
     result = run("tools/train_net.py", "--config-file", config, "--overwrite", *output, *missing,
                  env={"DETECTRON2_DATASETS": str(tmp_path / "none")})
     assert result.returncode != 0 and "coco_2017_train" in result.stderr
+    assert not list(tmp_path.glob("run.replaced-*")) and {p.name: p.read_text() for p in out.iterdir()} == files
+    # --overwrite for one that can: the old run moves to a dated sibling, whole, and the new one
+    # starts in an empty folder (one iteration, no evaluation)
+    short = (["train.max_iter=1", "dataloader.evaluator=null"] if lazy else
+             ["SOLVER.MAX_ITER", "1", "DATASETS.TEST", "()", "DATASETS.TOY_ROOT", str(toy_root)])
+    result = run("tools/train_net.py", "--config-file", config, "--overwrite", *output, *short,
+                 env={"DETECTRON2_DATASETS": str(toy_root.parent)})
+    assert result.returncode == 0, result.stderr[-2000:]
     moved = list(tmp_path.glob("run.replaced-*"))
     assert len(moved) == 1 and {p.name: p.read_text() for p in moved[0].iterdir()} == files
     assert f"moved the previous run in {out} to {moved[0]}" in result.stderr
-    assert not (out / "last_checkpoint").exists() and not (out / "metrics.json").exists()
+    assert '"iteration": 19' not in (out / "metrics.json").read_text()   # the new run's records only
+    assert "lr: 0.02" not in (out / "config.yaml").read_text()
 
 
 def test_train_seg_refuses_to_overwrite_a_run_and_names_a_missing_data_root(tmp_path):
@@ -167,8 +175,14 @@ def test_data_root_overrides_leave_the_toy_set_alone_and_the_toy_never_writes_el
     from bcn.runs import generate_once
     from bcn_seg.engine import load_config
 
-    real = tmp_path / "VOC2012"
-    (real / "JPEGImages").mkdir(parents=True)
+    real = tmp_path / "VOC2012"   # a (one-image) VOC folder, as the VOC config's split checks want
+    for sub in ("JPEGImages", "SegmentationClass", "SegmentationClassAug", "ImageSets/Segmentation"):
+        (real / sub).mkdir(parents=True)
+    for split in ("train", "val", "trainaug", "aug"):
+        (real / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("2007_000032\n")
+    for path in ("JPEGImages/2007_000032.jpg", "SegmentationClass/2007_000032.png", "SegmentationClassAug/2007_000032.png"):
+        (real / path).write_bytes(b"")
+    before = sorted(str(p.relative_to(real)) for p in real.rglob("*"))
     monkeypatch.setenv("BCN_TOY_VOC", str(tmp_path / "toy"))
 
     def config(path, data_root=None):
@@ -185,8 +199,8 @@ def test_data_root_overrides_leave_the_toy_set_alone_and_the_toy_never_writes_el
     assert voc.val_dataloader.dataset.data_root == str(real)
     # a folder that is not a generated toy set is never written into
     with pytest.raises(SystemExit, match="is not a generated toy dataset"):
-        generate_once(real, "ImageSets/Segmentation/val.txt", lambda staging: None)
-    assert [p.name for p in real.iterdir()] == ["JPEGImages"]
+        generate_once(real, "toy_done_marker", lambda staging: None)
+    assert sorted(str(p.relative_to(real)) for p in real.rglob("*")) == before
     empty = tmp_path / "empty"
     empty.mkdir()
     assert generate_once(empty, "done", lambda staging: (staging / "done").touch()) == empty
