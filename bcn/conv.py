@@ -1,22 +1,10 @@
 """Weight-Standardized convolution (the paper's Eq. 9, Sec. 2.3)."""
-import torch
 from torch import nn
 
-from . import cpu_kernels, cpu_norm, functional
 from .functional import WS_FORMS
+from .kernels import standardize_weight  # Eq. 9; every WS convolution standardizes through it
 
-
-def standardize_weight(weight: torch.Tensor, eps: float = 1e-5, form: str = "eps_in_sqrt") -> torch.Tensor:
-    """Eq. 9 on the CPU kernel where it applies (the published form, float32/float64, more than
-    one weight per output channel), else bcn.functional.standardize_weight: same numerics
-    (tests). Every WS convolution, in both adapters and in folding, standardizes through here."""
-    if form == "eps_in_sqrt" and weight.numel() > weight.shape[0] and cpu_kernels.serves(weight):
-        if torch.compiler.is_compiling():  # the same kernel as an operator a graph can keep
-            from . import ops
-
-            return ops.standardize_weight(weight, eps)
-        return cpu_norm.standardize_weight(weight, eps)
-    return functional.standardize_weight(weight, eps, form)
+__all__ = ["WSConv2d", "standardize_weight"]
 
 
 class WSConv2d(nn.Conv2d):

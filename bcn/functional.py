@@ -49,6 +49,12 @@ def batch_part(
     return F.batch_norm(x, mean.detach(), var.detach(), weight, bias, False, 0.0, eps)
 
 
+def batch_part_with_batch_statistics(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
+    """BCN step 1 with the batch's own statistics (Eq. 16, BatchNorm in training), differentiated
+    through them; no running state."""
+    return F.batch_norm(x, None, None, weight, bias, True, 0.0, eps)
+
+
 def channel_part(x: Tensor, num_groups: int, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
     """BCN step 2 (Eq. 15): per-sample normalization over groups of channels, then the affine.
 

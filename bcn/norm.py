@@ -9,15 +9,15 @@ per-group affine) that owns its step 1 as ``pbn``, an nn.BatchNorm2d. Each frame
 treats both parts as it treats GN and BN, with no BCN-specific code in any adapter, and the
 state-dict names are the published ones (``weight``, ``bias``, ``pbn.*``).
 """
-import functools
 import warnings
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from . import cpu_norm, dispatch
 from . import functional as BF
+from . import kernels
+from .kernels import Params, RunningState, Step1
 
 MODES = ("batch", "estimate")
 AFFINES = ("group", "channel")
@@ -93,8 +93,8 @@ class BatchChannelNorm2d(nn.GroupNorm):
         impl: "auto" (default) -- each device's kernels where they apply: both steps in
             two passes over the map, forward and backward, GroupNorm's memory traffic (the C++
             kernels on the CPU, Triton on CUDA); "cpu", "triton" or "reference" (pbn's forward,
-            then F.group_norm) to force one. Same numerics (tests); bcn.dispatch has the table
-            of what runs where.
+            then F.group_norm) to force one. Same numerics (tests); bcn.kernels.dispatch has
+            the table of what runs where.
     """
 
     _abbr_ = "bn"  # mmcv layer names (bn1, bn2, ...) then equal torchvision's and the checkpoints'
@@ -103,7 +103,7 @@ class BatchChannelNorm2d(nn.GroupNorm):
                  momentum: float = 0.1, mode: str = "batch", affine: str = "group",
                  sync_batch: bool = False, impl: str = "auto"):
         check_bcn_args(num_channels, num_groups, mode, affine)
-        self.impl = dispatch.requested(impl)
+        self.impl = kernels.requested(impl)
         if sync_batch and mode != "batch":
             raise ValueError("BCN: sync_batch=True needs mode='batch'; estimate mode keeps its "
                              "estimates per process, as in the paper")
@@ -140,50 +140,25 @@ class BatchChannelNorm2d(nn.GroupNorm):
         if x.shape[0] == 0 and not (isinstance(pbn, nn.SyncBatchNorm) and pbn.training):
             # (a synchronized batch part must still join its collective: SyncBatchNorm does)
             return self._no_values(x)
-        params = (pbn._parameters["weight"], pbn._parameters["bias"],
-                  self._parameters["weight"], self._parameters["bias"])
-        impl = dispatch.implementation(self.impl, x, pbn, params[2].dtype)
-        if impl != "reference" and _few_batch_values(x, pbn) and not torch.compiler.is_compiling():
-            y = self._in_float64(x, pbn, params, impl)
-            if y is not None:
-                dispatch.record_served(impl)
-                return y
-            impl = "reference"
-        if impl == "triton":  # any float dtype as it comes, statistics float32 or wider
-            y = self._triton(x, pbn, params)
-            if y is not None:
-                dispatch.record_served("triton")
-                return y
-            impl = "reference"
-        dispatch.record_served(impl)
-        if not torch.is_autocast_enabled(x.device.type):
-            return self._normalize(x, pbn, params, impl)
-        # Statistics in float32 under mixed precision; the result goes back to the input dtype.
-        with torch.autocast(x.device.type, enabled=False):
-            return self._normalize(x.float(), pbn, params, impl).to(x.dtype)
-
-    def _in_float64(self, x: torch.Tensor, pbn: nn.Module, params, impl: str):
-        """The kernels in float64, result in x's dtype, for batch statistics of a handful of
-        values per channel (e.g. DeepLabV3's image-pooling branch, N x C x 1 x 1): there the
-        gradient through the batch statistics nearly cancels (two values normalize to +-1 whatever
-        they are), and the kernels' folded per-plane coefficients, rounded to float32, would leave
-        an error larger than the gradient itself. The running state is updated as usual."""
+        params = Params(pbn._parameters["weight"], pbn._parameters["bias"],
+                        self._parameters["weight"], self._parameters["bias"])
         buffers = pbn._buffers
-        kept = buffers["running_mean"], buffers["running_var"]
-        buffers["running_mean"], buffers["running_var"] = kept[0].double(), kept[1].double()
-        try:
-            wide = (x.double(), tuple(p.double() for p in params))
-            run = self._triton if impl == "triton" else self._cpu_kernels
-            y = run(wide[0], pbn, wide[1])
-        finally:
-            updated = buffers["running_mean"], buffers["running_var"]
-            buffers["running_mean"], buffers["running_var"] = kept
-        if y is None:
-            return None
-        with torch.no_grad():
-            for buffer, value in zip(kept, updated):
-                buffer.copy_(value)
-        return y.to(x.dtype)
+        state = RunningState(buffers["running_mean"], buffers["running_var"],
+                             buffers["num_batches_tracked"], self._buffers["skipped_updates"])
+        return kernels.batch_channel_norm(x, self.num_groups, params, state, self._step1(pbn),
+                                          self.eps, self.impl, self._reference)
+
+    def _step1(self, pbn: nn.Module) -> Step1:
+        """What step 1 does: "fixed" statistics in eval (or when a framework's norm_eval put
+        only the batch part in eval), else the layer's mode."""
+        if not pbn.training:
+            return Step1("fixed", False, pbn.eps)
+        if type(pbn) is EstimateBatchNorm2d:
+            if not pbn.rate_is_set:
+                _warn_rate_not_set(pbn)
+            return Step1("estimate", True, pbn.eps, rate=pbn._buffers["rate"])
+        return Step1("batch", True, pbn.eps, momentum=pbn.momentum,
+                     synchronized=isinstance(pbn, nn.SyncBatchNorm))
 
     def _no_values(self, x: torch.Tensor) -> torch.Tensor:
         """An empty batch (a detection head given no boxes: N = 0) has no statistics: the running
@@ -193,85 +168,9 @@ class BatchChannelNorm2d(nn.GroupNorm):
         y = F.batch_norm(x, pbn.running_mean, pbn.running_var, pbn.weight, pbn.bias, False, 0.0, pbn.eps)
         return BF.channel_part(y, self.num_groups, self.weight, self.bias, self.eps)
 
-    def _normalize(self, x: torch.Tensor, pbn: nn.Module, params, impl: str) -> torch.Tensor:
-        if impl == "cpu":
-            return self._cpu_kernels(x, pbn, params)
-        return BF.channel_part(self._batch_part(x), self.num_groups, params[2], params[3], self.eps)
-
-    def _state(self, pbn: nn.Module):
-        """Step 1's running state: (running_mean, running_var, num_batches_tracked,
-        skipped_updates)."""
-        buffers = pbn._buffers
-        return (buffers["running_mean"], buffers["running_var"], buffers["num_batches_tracked"],
-                self._buffers["skipped_updates"])
-
-    def _step1(self, pbn: nn.Module):
-        """(mode, update, rate) of step 1 in the kernels: "fixed" statistics in eval (or when a
-        framework's norm_eval put only the batch part in eval), else the layer's mode."""
-        if not pbn.training:
-            return "fixed", False, None
-        if type(pbn) is EstimateBatchNorm2d:
-            if not pbn.rate_is_set:
-                _warn_rate_not_set(pbn)
-            return "estimate", True, pbn._buffers["rate"]
-        return "batch", True, None
-
-    def _triton(self, x: torch.Tensor, pbn: nn.Module, params):
-        """Both steps in the Triton kernels, which update the running state as the reference
-        path does (guarded against non-finite batches), on the device, without synchronizing.
-        None if they failed: the caller runs the reference path (nothing was updated)."""
-        from . import triton_norm
-
-        state = self._state(pbn)
-        mode, update, rate = self._step1(pbn)
-        scalars = _device_scalars(x.device, pbn.eps, pbn.momentum, self.eps)
-        if torch.compiler.is_compiling():  # the same kernels as an operator a graph can keep
-            from . import ops
-
-            out = ops.triton_forward(x, *params, self.num_groups, triton_norm.MODES[mode], update,
-                                     *state, scalars if rate is None else rate, scalars)
-            if update:
-                _commit(state, out[10:])
-            return out[0]
-        try:
-            return triton_norm.batch_channel_norm(x, self.num_groups, *params, mode, update, state,
-                                                  scalars if rate is None else rate, scalars)
-        except Exception as error:
-            dispatch.triton_failed(x.device, x.dtype, "forward", error)
-            return None
-
-    def _cpu_kernels(self, x: torch.Tensor, pbn: nn.Module, params) -> torch.Tensor:
-        """Both steps in the C++ kernels of bcn.cpu_norm, which also update the running state as
-        the reference path does -- BatchNorm's momentum and unbiased variance in batch mode,
-        Algorithm 1 in estimate mode -- guarded against non-finite batches the same way.
-        params: (pbn.weight, pbn.bias, weight, bias)."""
-        state = self._state(pbn)
-        mode, update, rate = self._step1(pbn)
-        if torch.compiler.is_compiling():  # the same kernels as operators a graph can keep
-            return self._cpu_operators(x, pbn, params, state, mode, update, rate)
-        if mode == "fixed":
-            if _needs_grad(x, params):
-                # the training kernel with its estimates moved at rate 0: constants to autograd
-                return cpu_norm.batch_channel_norm_training(x, self.num_groups, *params, self.eps, True,
-                                                         state, 0.0, update=False)
-            return cpu_norm.batch_channel_norm_inference(x, self.num_groups, *params, self.eps, *state[:2])
-        rate = float(rate) if mode == "estimate" else pbn.momentum
-        return cpu_norm.batch_channel_norm_training(x, self.num_groups, *params, self.eps,
-                                                 mode == "estimate", state, rate)
-
-    def _cpu_operators(self, x, pbn, params, state, mode, update, rate):
-        """_cpu_kernels' calls as bcn.ops operators (under torch.compile / torch.export)."""
-        from . import ops
-
-        if mode == "fixed" and not _needs_grad(x, params):
-            return ops.cpu_inference(x, state[0], state[1], *params, self.num_groups, self.eps)
-        if mode != "estimate":  # fixed: estimates moved at rate 0; batch: BatchNorm's momentum
-            rate = torch.full((), 0.0 if mode == "fixed" else pbn.momentum, dtype=torch.float64)
-        out = ops.cpu_train_forward(x, mode != "batch", *state, rate, update, *params,
-                                    self.num_groups, self.eps)
-        if update:
-            _commit(state, out[5:])
-        return out[0]
+    def _reference(self, x: torch.Tensor) -> torch.Tensor:
+        """The composition: pbn's own forward, then F.group_norm and the affine."""
+        return BF.channel_part(self._batch_part(x), self.num_groups, self.weight, self.bias, self.eps)
 
     def _batch_part(self, x: torch.Tensor) -> torch.Tensor:
         """Step 1, with its running state protected: a batch with NaN/inf statistics leaves
@@ -338,7 +237,7 @@ class FrozenBatchChannelNorm2d(nn.Module):
         super().__init__()
         check_bcn_args(num_channels, num_groups, "batch", affine)
         self.num_channels, self.num_groups, self.eps = num_channels, num_groups, eps
-        self.impl = dispatch.requested(impl)
+        self.impl = kernels.requested(impl)
         shape = (1, num_groups, 1) if affine == "group" else (num_channels,)
         self.register_buffer("weight", torch.ones(shape))
         self.register_buffer("bias", torch.zeros(shape))
@@ -356,74 +255,14 @@ class FrozenBatchChannelNorm2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pbn = self.pbn
-        impl = dispatch.implementation(self.impl, x, pbn, self.weight.dtype) if x.shape[0] > 0 else "reference"
-        if impl == "cpu" and (x.dtype != self.weight.dtype or _needs_grad(x, ())):
-            impl = "reference"  # the C++ inference kernel has no backward (frozen stages need none)
-        y = self._triton(x, pbn) if impl == "triton" else None
-        if impl == "triton" and y is None:
-            impl = "reference"
-        dispatch.record_served(impl)
-        if y is not None:
-            return y
-        if impl == "cpu":
-            if torch.compiler.is_compiling():
-                from . import ops
+        params = Params(pbn.weight, pbn.bias, self.weight, self.bias)
+        state = RunningState(pbn.running_mean, pbn.running_var, None, None)
+        return kernels.batch_channel_norm(x, self.num_groups, params, state,
+                                          Step1("fixed", False, pbn.eps), self.eps, self.impl,
+                                          self._reference)
 
-                return ops.cpu_inference(x, pbn.running_mean, pbn.running_var, pbn.weight, pbn.bias,
-                                         self.weight, self.bias, self.num_groups, self.eps)
-            return cpu_norm.batch_channel_norm_inference(x, self.num_groups, pbn.weight, pbn.bias,
-                                                      self.weight, self.bias, self.eps,
-                                                      pbn.running_mean, pbn.running_var)
-        return BF.channel_part(pbn(x), self.num_groups, self.weight, self.bias, self.eps)
-
-    def _triton(self, x: torch.Tensor, pbn: nn.Module):
-        """Step 1 from the stored statistics ("fixed"), both steps in the Triton kernels; None if
-        they failed (the caller runs the reference path)."""
-        from . import triton_norm
-
-        state = (pbn.running_mean, pbn.running_var, pbn.running_mean, pbn.running_mean)  # not updated
-        scalars = _device_scalars(x.device, pbn.eps, 0.0, self.eps)
-        if torch.compiler.is_compiling():
-            from . import ops
-
-            return ops.triton_forward(x, pbn.weight, pbn.bias, self.weight, self.bias,
-                                      self.num_groups, triton_norm.MODES["fixed"], False,
-                                      *state, scalars, scalars)[0]
-        try:
-            return triton_norm.batch_channel_norm(x, self.num_groups, pbn.weight, pbn.bias,
-                                                  self.weight, self.bias, "fixed", False,
-                                                  state, scalars, scalars)
-        except Exception as error:
-            dispatch.triton_failed(x.device, x.dtype, "forward", error)
-            return None
-
-
-SMALL_BATCH_VALUES = 8  # values per channel at or below which batch statistics run in float64
-
-
-def _few_batch_values(x: torch.Tensor, pbn: nn.Module) -> bool:
-    """Batch statistics (training in batch mode) over at most SMALL_BATCH_VALUES values per
-    channel, of a map narrower than float64."""
-    return (pbn.training and not isinstance(pbn, EstimateBatchNorm2d) and x.dtype != torch.float64
-            and x.numel() <= SMALL_BATCH_VALUES * x.shape[1])
-
-
-def _needs_grad(x: torch.Tensor, params) -> bool:
-    return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params))
-
-
-def _commit(state, new_state) -> None:
-    """The running state an operator of bcn.ops returned (unchanged where it did not update)."""
-    with torch.no_grad():
-        for buffer, value in zip(state, new_state):
-            buffer.copy_(value)
-
-
-@functools.lru_cache(maxsize=64)
-def _device_scalars(device: torch.device, bn_eps: float, momentum: float, gn_eps: float) -> torch.Tensor:
-    """(bn_eps, momentum, gn_eps) as a float64 tensor on the device, made once: a Python float
-    passed to a Triton kernel would become float32, and a tensor made per call a copy."""
-    return torch.tensor([bn_eps, momentum or 0.0, gn_eps], dtype=torch.float64, device=device)
+    def _reference(self, x: torch.Tensor) -> torch.Tensor:
+        return BF.channel_part(self.pbn(x), self.num_groups, self.weight, self.bias, self.eps)
 
 
 def check_bcn_args(num_channels: int, num_groups: int, mode: str, affine: str) -> None:

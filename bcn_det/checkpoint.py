@@ -7,7 +7,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling.backbone.resnet import ResNet
 
-from bcn.checkpoint_fit import Fit, describe_unreadable, model_weights, require_fit
+from bcn.utils.checkpoint_fit import Fit, describe_unreadable, model_weights, require_fit
 from bcn.pretrained import CheckpointError, canonicalize, check_readable, match_state_dict
 
 from .compat import forget_failed_load
@@ -48,7 +48,7 @@ class BCNCheckpointer(DetectionCheckpointer):
     backbone tensor is an error naming it -- and everything else (FPN, heads) starts from its
     initialization. An estimate-mode model's estimates start from the BatchNorm statistics.
 
-    Any other checkpoint must fit the model (bcn.checkpoint_fit): completely for evaluation
+    Any other checkpoint must fit the model (bcn.utils.checkpoint_fit): completely for evaluation
     (``evaluation=True``) and resume, and without mis-shaped tensors as training's
     initialization -- where detectron2 would skip what does not fit with warnings and go on.
     ``partial=True`` (MODEL.WEIGHTS_PARTIAL, train.partial_weights) loads what fits, as

@@ -19,7 +19,7 @@ def add_bcn_config(cfg: CN) -> CN:
     # warning) when no hook sets the rate.
     cfg.MODEL.BCN.MOMENTUM = 0.1
     # "auto": each device's kernels where they apply (C++ on the CPU, Triton on CUDA), the
-    # reference path elsewhere; "cpu", "triton" or "reference" to force one (bcn.dispatch).
+    # reference path elsewhere; "cpu", "triton" or "reference" to force one (bcn.kernels.dispatch).
     cfg.MODEL.BCN.IMPL = "auto"
 
     # Weight Standardization for the convolutions followed by a norm layer, per module.

@@ -102,7 +102,7 @@ class ExactResumeHook(HookBase):
         self._pending = None
 
     def state_dict(self):
-        from bcn.reproducibility import capture_rng_state
+        from bcn.utils.reproducibility import capture_rng_state
 
         return {"rng": capture_rng_state()}
 
@@ -112,7 +112,7 @@ class ExactResumeHook(HookBase):
     def before_step(self):
         if self._pending is None:
             return
-        from bcn.reproducibility import restore_rng_state
+        from bcn.utils.reproducibility import restore_rng_state
 
         from .compat import data_loader_iterator
 

@@ -21,11 +21,11 @@ from detectron2.utils import comm
 from detectron2.utils.registry import locate
 from omegaconf import DictConfig, ListConfig
 
-from bcn.allocator import keep_freed_memory
+from bcn.utils.allocator import keep_freed_memory
 
 from .checkpoint import BCNCheckpointer
 from .compat import has_fast_coco_eval
-from .engine import check_datasets
+from .datasets import check_datasets
 from .hooks import BaseLRHook, EstimateRateHook, ExactResumeHook, StatDiffHook
 from .modeling import BCNFactory, BCNResNet
 
@@ -243,7 +243,7 @@ def do_train(args, cfg):
 def main(args):
     cfg = setup(args)
     if cfg.train.device == "cpu":
-        keep_freed_memory()  # why: bcn/allocator.py
+        keep_freed_memory()  # why: bcn/utils/allocator.py
     check_datasets(dataset_names(cfg))
     if args.eval_only:
         model = instantiate(cfg.model)

@@ -59,7 +59,7 @@ class BCNFactory:
                            affine=affine, impl=impl)
         try:
             bcn.norm.check_bcn_args(num_groups, num_groups, mode, affine)
-            bcn.dispatch.requested(impl)
+            bcn.kernels.requested(impl)
         except ValueError as e:
             raise ValueError(f"{source}: {e}") from None
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bcn.runs import generate_once
-from bcn.toy_scenes import CLASSES, DISPLAY_COLORS, random_scene
+from bcn.utils.runs import generate_once
+from bcn.utils.toy_scenes import CLASSES, DISPLAY_COLORS, random_scene
 
 SPLITS = {"train": (96, 0), "val": (24, 1)}  # images, seed
 IMAGE_SIZE = 128

@@ -15,7 +15,7 @@ from mmengine.registry import WEIGHT_INITIALIZERS
 
 import torch
 
-from bcn.checkpoint_fit import compare, describe_unreadable, model_weights, require_fit
+from bcn.utils.checkpoint_fit import compare, describe_unreadable, model_weights, require_fit
 from bcn.pretrained import CheckpointError, canonicalize, match_state_dict, read_published
 
 
@@ -40,7 +40,7 @@ class BCNPretrainedInit(BaseInit):
 
 
 def check_checkpoint_fits(model, path: str, purpose: str) -> None:
-    """Raise bcn.checkpoint_fit.CheckpointMismatchError unless the checkpoint at ``path`` fits
+    """Raise bcn.utils.checkpoint_fit.CheckpointMismatchError unless the checkpoint at ``path`` fits
     ``model`` for ``purpose`` ("complete": test and resume; "init": load_from for training;
     "partial": anything) -- mmengine loads with strict=False and only warns."""
     if "://" in path:

@@ -11,9 +11,9 @@ import torch
 import torch.distributed as dist
 from mmengine.config import Config, DictAction
 
-from bcn.allocator import keep_freed_memory
+from bcn.utils.allocator import keep_freed_memory
 from bcn.pretrained import CheckpointError
-from bcn.runs import prepare_run_dir
+from bcn.utils.runs import prepare_run_dir
 
 from .registry import BCN_TYPES, CONV_TYPES
 
@@ -244,7 +244,7 @@ def run(test: bool) -> None:
 
     args = parse_args(test)
     if not torch.cuda.is_available():
-        keep_freed_memory()  # why: bcn/allocator.py
+        keep_freed_memory()  # why: bcn/utils/allocator.py
     init_distributed(args.launcher)
     cfg = None
     try:

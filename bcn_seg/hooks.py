@@ -93,7 +93,7 @@ class ExactResumeHook(Hook):
         self._pending = None
 
     def before_save_checkpoint(self, runner, checkpoint):
-        from bcn.reproducibility import capture_rng_state
+        from bcn.utils.reproducibility import capture_rng_state
 
         checkpoint["bcn_rng_state"] = capture_rng_state()
 
@@ -102,7 +102,7 @@ class ExactResumeHook(Hook):
 
     def before_train_iter(self, runner, batch_idx, data_batch=None):
         if self._pending is not None:
-            from bcn.reproducibility import restore_rng_state
+            from bcn.utils.reproducibility import restore_rng_state
 
             restore_rng_state(self._pending, generators=("torch", "cuda"))
             self._pending = None

@@ -12,8 +12,8 @@ from mmengine.registry import DATASETS
 from mmseg.datasets import BaseSegDataset
 from PIL import Image
 
-from bcn.runs import generate_once
-from bcn.toy_scenes import CLASSES, DISPLAY_COLORS, label_image, random_scene
+from bcn.utils.runs import generate_once
+from bcn.utils.toy_scenes import CLASSES, DISPLAY_COLORS, label_image, random_scene
 
 SPLITS = {"train": (64, 10), "val": (16, 11)}  # images, seed
 IMAGE_SIZE = 128

@@ -32,6 +32,6 @@ pip install --no-deps --no-build-isolation -e .
 .venv/bin/python -c "import torch, detectron2, mmseg, bcn, bcn_det, bcn_seg" \
     || { echo "setup.sh: the environment is incomplete (see the errors above)" >&2; exit 1; }
 # BCN's CPU kernels: built now (~35 s, once) rather than inside the first training run.
-.venv/bin/python -c "import bcn.cpu_kernels as k, sys; sys.exit(k.extension() is None)" \
+.venv/bin/python -c "import bcn.kernels.cpu as k, sys; sys.exit(k.extension() is None)" \
     || echo "setup.sh: BCN's CPU kernels did not build; BCN will run its slower reference path" >&2
 echo "setup.sh: .venv ready (torch $(.venv/bin/python -c 'import torch; print(torch.__version__)'))"

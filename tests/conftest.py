@@ -1,7 +1,7 @@
 import os
 
 # Triton runs its kernels on CPU tensors in its interpreter (read when a kernel is defined, so
-# before bcn.triton_kernels is imported): how the suite tests BCN's GPU kernels without a GPU.
+# before bcn.kernels.triton_kernels is imported): how the suite tests BCN's GPU kernels without a GPU.
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
 # torch.compile's on-disk caches are keyed on the graphs, not on bcn's operators' fake
@@ -11,8 +11,8 @@ import hashlib  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-_OPERATORS = ("ops.py", "triton_kernels.py", "triton_norm.py", "cpu_norm.py", "csrc/cpu_kernels.cpp")
-_DIGEST = hashlib.sha256(b"".join((Path(__file__).parent.parent / "bcn" / name).read_bytes()
+_OPERATORS = ("ops.py", "triton_kernels.py", "triton_autograd.py", "cpu.py", "csrc/cpu_kernels.cpp")
+_DIGEST = hashlib.sha256(b"".join((Path(__file__).parent.parent / "bcn" / "kernels" / name).read_bytes()
                                   for name in _OPERATORS)).hexdigest()[:12]
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"torchinductor_bcn_{_DIGEST}"))
 

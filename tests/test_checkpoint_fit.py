@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from bcn.checkpoint_fit import CheckpointMismatchError, compare, model_weights, require_fit
+from bcn.utils.checkpoint_fit import CheckpointMismatchError, compare, model_weights, require_fit
 from bcn.pretrained import CheckpointError
 
 

@@ -125,7 +125,7 @@ def test_train_seg_refuses_to_overwrite_a_run_and_names_a_missing_data_root(tmp_
 
 
 def test_overwrite_moves_each_old_run_to_its_own_sibling(tmp_path):
-    from bcn.runs import prepare_run_dir
+    from bcn.utils.runs import prepare_run_dir
 
     out = tmp_path / "run"
     files = old_run(out)
@@ -172,7 +172,7 @@ def test_data_root_overrides_leave_the_toy_set_alone_and_the_toy_never_writes_el
     pytest.importorskip("mmseg")
     import argparse
 
-    from bcn.runs import generate_once
+    from bcn.utils.runs import generate_once
     from bcn_seg.engine import load_config
 
     real = tmp_path / "VOC2012"   # a (one-image) VOC folder, as the VOC config's split checks want

@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 
 import bcn
-from bcn.allocator import keep_freed_memory
+from bcn.utils.allocator import keep_freed_memory
 
 import timing  # tools/timing.py
 
@@ -136,7 +136,7 @@ def table(title, rows_):
 
 def with_compiled_backbones(models, compile_backbones):
     """With --compile: copies of the GN and BCN+WS models whose backbone is torch.compile'd
-    (BCN's kernels run as bcn.ops operators there), as more candidates."""
+    (BCN's kernels run as bcn.kernels.ops operators there), as more candidates."""
     if compile_backbones:
         for name in ("GN", "BCN+WS"):
             twin = copy.deepcopy(models[name])
@@ -297,7 +297,7 @@ def main(argv=None):
     parser.add_argument("--out", default="output/benchmark_model.md")
     parser.add_argument("--malloc-defaults", action="store_true",
                         help="leave glibc's malloc as it is (by default it keeps freed memory, "
-                             "as the training launchers set it on CPU: bcn/allocator.py)")
+                             "as the training launchers set it on CPU: bcn/utils/allocator.py)")
     parser.add_argument("--json", help=argparse.SUPPRESS)  # one run's rows, for --runs
     args = parser.parse_args(argv)
     unknown = set(args.models.split(",")) - set(MODELS)

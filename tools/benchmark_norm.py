@@ -16,7 +16,7 @@ network's conv gives it), timed with CUDA events, and the detection heads' ROI b
 Bandwidth: BCN moves the map 3 times in eval (read, read, write) and 8 in training (+ read x
 and dy twice, write dx), a copy 2 times.
 
-glibc's malloc is set as the training launchers set it on CPU (bcn/allocator.py: no mmap per
+glibc's malloc is set as the training launchers set it on CPU (bcn/utils/allocator.py: no mmap per
 large block); --malloc-defaults measures with glibc's own settings, under which every output of
 a detection-sized map (34-69 MB) is mapped afresh and page-faulted in on every call, by every
 candidate: that cost, larger than the normalization itself, then dominates every ratio.
@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 import bcn
-from bcn.allocator import keep_freed_memory
+from bcn.utils.allocator import keep_freed_memory
 
 from timing import interleaved  # tools/timing.py
 
@@ -121,7 +121,7 @@ def main(argv=None):
     parser.add_argument("--shapes", default=None, help="e.g. 2x256x100x168,4x512x32x32")
     parser.add_argument("--out", default="output/benchmark_norm.md")
     parser.add_argument("--malloc-defaults", action="store_true",
-                        help="leave glibc's malloc as it is (by default: bcn/allocator.py)")
+                        help="leave glibc's malloc as it is (by default: bcn/utils/allocator.py)")
     parser.add_argument("--gpu-only", action="store_true", help="only the GPU tables")
     args = parser.parse_args(argv)
     kept = not args.malloc_defaults and keep_freed_memory()

@@ -19,7 +19,7 @@ import torch
 import torchvision
 
 import bcn
-from bcn.allocator import keep_freed_memory
+from bcn.utils.allocator import keep_freed_memory
 from bcn.functional import standardize_weight
 
 from timing import interleaved, timed  # tools/timing.py

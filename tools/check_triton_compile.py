@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Compile BCN's Triton kernels for real GPUs on a machine without one, and check what a GPU
-would get: every variant the launchers (bcn.triton_kernels.forward / backward) pick for a
+would get: every variant the launchers (bcn.kernels.triton_kernels.forward / backward) pick for a
 matrix of shapes, dtypes, layouts, step-1 modes and affines, compiled by Triton's compiler and
 ptxas for each target; registers, spills (ptxas stack frame), shared memory, warps, occupancy
 and whether the map is read and written with vector (128-bit) accesses.
@@ -29,12 +29,12 @@ from triton.compiler import ASTSource, make_backend  # noqa: E402
 from triton.runtime.jit import MockTensor, create_function_from_signature  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bcn import triton_kernels as tk  # noqa: E402
+from bcn.kernels import triton_kernels as tk  # noqa: E402
 
 SHAPES = [(2, 256, 200, 336), (2, 256, 100, 168), (1, 64, 400, 672), (1, 2048, 25, 42),
           (512, 256, 7, 7), (128, 256, 14, 14), (4, 512, 65, 65), (4, 2048, 33, 33), (4, 256, 1, 1)]
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-# step 1 in the kernels: (mode, update the running state, backward)
+# step 1 in the kernels: (its code, update the running state, backward)
 STEPS = {"batch": (tk.BATCH, True, True), "estimate": (tk.ESTIMATE, True, True),
          "eval": (tk.FIXED, False, False), "fixed+grad": (tk.FIXED, False, True)}
 # per SM: (max warps, max blocks, registers, shared memory bytes)
@@ -69,14 +69,14 @@ def recorded_launches(shape, dtype, channels_last, step, per_channel, groups=32)
     long = lambda: torch.empty((), dtype=torch.long, **meta)  # noqa: E731
     state = (p(c), p(c), long(), long())
     scalars = torch.empty(3, dtype=torch.float64, **meta)
-    mode, update, backward = STEPS[step]
+    step1, update, backward = STEPS[step]
     real = tk._launcher
     tk._launcher = lambda traceable: recorder
     try:
-        y, saved = tk.forward(x, groups, p(c), p(c), p(*affine), p(*affine), *state, p(()),
-                              scalars, mode, update)
+        y, saved = tk.forward(x, groups, p(c), p(c), p(*affine), p(*affine), *state, step1, update,
+                              p(()), scalars)
         if backward:
-            tk.backward(torch.empty_like(y), saved, groups, p(*affine), mode)
+            tk.backward(torch.empty_like(y), groups, p(*affine), saved, step1)
     finally:
         tk._launcher = real
     return launches

@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-CASES = [  # (shape, groups, modes, channels_last, per-channel affine): the test suite's cases
+CASES = [  # (shape, groups, step-1 kinds, channels_last, per-channel affine): the suite's cases
     ((2, 64, 5, 7), 32, ("batch", "estimate", "fixed"), False, False),
     ((2, 64, 5, 7), 32, ("batch", "estimate", "fixed"), True, False),
     ((1, 64, 8, 8), 32, ("estimate", "fixed"), False, False),
@@ -94,9 +94,9 @@ def _error(exc):
 
 def served_by(fn):
     """The implementations that served BCN calls while ``fn`` ran ("triton", "cpu", ...)."""
-    from bcn import dispatch
+    from bcn import kernels
 
-    with dispatch.served_implementations() as served:
+    with kernels.served_implementations() as served:
         fn()
     return "/".join(sorted(served)) or "none"
 
@@ -108,7 +108,7 @@ def environment(s):
     import warnings
 
     import bcn
-    from bcn import dispatch
+    from bcn.kernels import dispatch
 
     s.emit("| what | value |", "|---|---|")
     if s.device == "cuda":
@@ -151,7 +151,7 @@ def environment(s):
 # --- 2. accuracy ------------------------------------------------------------------------------
 
 def accuracy(s):
-    from bcn import dispatch, triton_norm
+    from bcn.kernels import dispatch, triton_autograd
 
     device = torch.device(s.device)
     s.emit("| dtype | case | mode | worst error / tolerance (what) | result |", "|---|---|---|---|---|")
@@ -168,11 +168,11 @@ def accuracy(s):
             case = "x".join(map(str, shape)) + (" channels_last" if channels_last else "") + (
                 " per-channel affine" if per_channel else "")
             # 1x1 maps: a group of 2 values has gradients that cancel to ~1e-3 of their terms
-            tolerance = triton_norm.TOLERANCE[dtype] * (20 if shape[2:] == (1, 1) else 1)
+            tolerance = triton_autograd.TOLERANCE[dtype] * (20 if shape[2:] == (1, 1) else 1)
             for mode in modes:
                 try:
-                    errors = triton_norm.compare_with_reference(device, dtype, shape, groups, mode,
-                                                                channels_last, per_channel)
+                    errors = triton_autograd.compare_with_reference(device, dtype, shape, groups, mode,
+                                                                    channels_last, per_channel)
                     what, error = max(errors.items(), key=lambda kv: kv[1] if kv[1] == kv[1] else float("inf"))
                     ok = all(e <= tolerance for e in errors.values())
                     s.row(str(dtype)[6:], case, mode, f"{error:.1e} / {tolerance:.0e} ({what})", "ok" if ok else "FAILED")
@@ -235,7 +235,7 @@ def layers(s):
 # --- 4. compile -------------------------------------------------------------------------------
 
 def _opcheck_triton_operators(device):
-    from bcn import ops
+    from bcn.kernels import ops
 
     n, c, g = 2, 16, 8
     x = torch.randn(n, c, 6, 7, device=device)
@@ -245,13 +245,13 @@ def _opcheck_triton_operators(device):
              torch.zeros((), dtype=torch.long, device=device), torch.zeros((), dtype=torch.long, device=device)]
     rate = torch.tensor([0.01], device=device)
     scalars = torch.tensor([1e-5, 0.1, 1e-5], dtype=torch.float64, device=device)
-    for mode in (0, 1):  # batch, estimate
-        args = (x.clone().requires_grad_(), *(p.clone().requires_grad_() for p in params), g, mode,
-                True, *state, rate, scalars)
+    for step1 in (0, 1, 2):  # batch, estimate, fixed
+        args = (x.clone().requires_grad_(), g, *(p.clone().requires_grad_() for p in params), *state,
+                step1, step1 != 2, rate, scalars)
         torch.library.opcheck(ops.triton_forward, args)
-        saved = [x] + [o.detach() for o in ops.triton_forward(*args)[1:10]]
-        torch.library.opcheck(ops.triton_backward, (torch.randn_like(x), saved, params[2], g, mode))
-    return ["opcheck of bcn::triton_forward and bcn::triton_backward, batch and estimate mode: passed"]
+        _, saved, _ = ops.split([o.detach() for o in ops.triton_forward(*args)], ops.TRITON_SAVED)
+        torch.library.opcheck(ops.triton_backward, (torch.randn_like(x), g, params[2], [x] + saved, step1))
+    return ["opcheck of bcn::triton_forward and bcn::triton_backward, every kind of step 1: passed"]
 
 
 def _network(norm, mode, device):

@@ -9,7 +9,7 @@
 
 Without CUDA, --num-gpus N starts N CPU processes joined by gloo.
 """
-from bcn_det.engine import run
+from bcn_det.cli import run
 
 if __name__ == "__main__":
     run()

@@ -16,14 +16,14 @@ def impl(request):
 @pytest.fixture(autouse=True)
 def asked_implementation_served(request):
     """Every test parametrized by ``impl`` fails unless that implementation served BCN calls in
-    it (bcn.dispatch.served_implementations): a silent fallback would test the reference
+    it (bcn.kernels.served_implementations): a silent fallback would test the reference
     path twice."""
     impl = request.getfixturevalue("impl") if "impl" in request.fixturenames else None
     if impl not in ("cpu", "triton") or request.node.get_closest_marker("reference_by_design"):
         yield
         return
-    from bcn import dispatch
+    from bcn import kernels
 
-    with dispatch.served_implementations() as served:
+    with kernels.served_implementations() as served:
         yield
     assert served[impl] > 0, f"impl={impl!r} never served a BCN call in this test (served: {dict(served)})"

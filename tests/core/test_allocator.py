@@ -1,4 +1,4 @@
-"""bcn.allocator: glibc's malloc told to keep freed memory, in a process of its own."""
+"""bcn.utils.allocator: glibc's malloc told to keep freed memory, in a process of its own."""
 import subprocess
 import sys
 
@@ -10,8 +10,8 @@ import pytest
 # in a fresh part of the heap.)
 CODE = """
 import resource, sys, torch
-import bcn.allocator
-kept = bcn.allocator.keep_freed_memory() if sys.argv[1] == "keep" else False
+import bcn.utils.allocator
+kept = bcn.utils.allocator.keep_freed_memory() if sys.argv[1] == "keep" else False
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 x = torch.ones(16 << 20)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import bcn
-from bcn import ops
+from bcn.kernels import ops
 from tests.core.helpers import random_input
 from tests.helpers import rel_err
 
@@ -32,13 +32,14 @@ def test_the_operators_pass_opcheck(fresh_seed):
     state = [torch.randn(c) * 0.1, torch.rand(c) + 0.5, torch.zeros((), dtype=torch.long),
              torch.zeros((), dtype=torch.long)]
     rate = torch.tensor(0.2, dtype=torch.float64)
-    for estimate in (False, True):
-        out = [o.detach() for o in ops.cpu_train_forward(x, estimate, *state, rate, True, *params, g, 1e-5)]
-        torch.library.opcheck(ops.cpu_train_forward, (x.clone().requires_grad_(), estimate, *state, rate, True, *params, g, 1e-5))
+    for step1 in (0, 1, 2):  # batch, estimate, fixed
+        update = step1 != 2
+        out = [o.detach() for o in ops.cpu_train_forward(x, g, *params, *state, step1, update, rate, 1e-5)]
+        torch.library.opcheck(ops.cpu_train_forward, (x.clone().requires_grad_(), g, *params, *state, step1, update, rate, 1e-5))
         grad = torch.randn_like(x)
-        torch.library.opcheck(ops.cpu_train_backward, (grad, x, out[1], out[2], estimate, out[3], out[4],
-                                                       *(p.detach() for p in params[:3]), g, 1e-5))
-    torch.library.opcheck(ops.cpu_inference, (x, state[0], state[1], *(p.detach() for p in params), g, 1e-5))
+        torch.library.opcheck(ops.cpu_train_backward, (grad, x, g, *(p.detach() for p in params[:3]),
+                                                       *out[1:5], step1, 1e-5))
+    torch.library.opcheck(ops.cpu_inference, (x, g, *(p.detach() for p in params), state[0], state[1], 1e-5))
     weight = torch.randn(6, 4, 3, 3, requires_grad=True)
     torch.library.opcheck(ops.standardize_weight_forward, (weight, 1e-5))
     z, row_mean, row_scale = ops.standardize_weight_forward(weight.detach(), 1e-5)
@@ -46,11 +47,11 @@ def test_the_operators_pass_opcheck(fresh_seed):
     # The Triton operators, here in Triton's interpreter (custom_ops with their own fakes; on a
     # GPU they are triton_ops: tools/gpu_check.py opchecks them there)
     scalars = torch.tensor([1e-5, 0.1, 1e-5], dtype=torch.float64)
-    for mode in (0, 1):  # batch, estimate
-        args = (x.clone().requires_grad_(), *params, g, mode, True, *state, rate.float().reshape(1), scalars)
+    for step1 in (0, 1, 2):  # batch, estimate, fixed
+        args = (x.clone().requires_grad_(), g, *params, *state, step1, step1 != 2, rate.float().reshape(1), scalars)
         torch.library.opcheck(ops.triton_forward, args)
-        saved = [x] + [o.detach() for o in ops.triton_forward(*args)[1:10]]
-        torch.library.opcheck(ops.triton_backward, (torch.randn_like(x), saved, params[2].detach(), g, mode))
+        _, saved, _ = ops.split([o.detach() for o in ops.triton_forward(*args)], ops.TRITON_SAVED)
+        torch.library.opcheck(ops.triton_backward, (torch.randn_like(x), g, params[2].detach(), [x] + saved, step1))
 
 
 @pytest.mark.parametrize("impl", ["auto", "triton"])
@@ -82,9 +83,9 @@ def test_compiled_network_matches_eager_over_sizes(fresh_seed, mode, impl):
 def test_a_first_call_that_is_compiled_gives_eager_results(fresh_seed, monkeypatch):
     """Kernels not yet probed when the first call is compiled: found out once, outside the
     graph; the results are eager mode's."""
-    from bcn import dispatch
+    from bcn.kernels import status
 
-    monkeypatch.setattr(dispatch, "_cpu_status", {})
+    monkeypatch.setattr(status, "cpu_built", {})
     torch._dynamo.reset()
     eager = network("estimate").train()
     compiled_net = copy.deepcopy(eager)
@@ -92,7 +93,7 @@ def test_a_first_call_that_is_compiled_gives_eager_results(fresh_seed, monkeypat
     bcn.set_estimate_rate(compiled_net, 0.1)
     x = random_input(2, 3, 10, 12)
     assert rel_err(torch.compile(compiled_net)(x), eager(x)) < 1e-6
-    assert dispatch._cpu_status == {"cpu": True}
+    assert status.cpu_built == {"cpu": True}
 
 
 def count_compilations(model, sizes):

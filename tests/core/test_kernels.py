@@ -1,4 +1,4 @@
-"""BCN's C++ kernels (bcn/csrc/cpu_kernels.cpp) against float64 sums written out here, and the
+"""BCN's C++ kernels (bcn/kernels/csrc/cpu_kernels.cpp) against float64 sums written out here, and the
 layer's fallback to its reference path where the kernels cannot be built."""
 import copy
 import os
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import bcn
-from bcn import cpu_kernels
+from bcn.kernels import cpu as cpu_kernels
 from tests.helpers import rel_err
 from tests.core import reference as ref
 from tests.core.helpers import random_bcn, random_input
@@ -34,7 +34,7 @@ def test_statistics_of_a_far_offset_map(ops, fresh_seed, shape, dtype):
     ones, zeros = torch.ones(shape[1], dtype=dtype), torch.zeros(shape[1], dtype=dtype)
     counters = torch.zeros((), dtype=torch.long), torch.zeros((), dtype=torch.long)
     y, plane_mean, plane_var, mean, var = ops.train_forward(
-        x, False, zeros.clone(), ones.clone(), *counters, 0.1, False, ones, zeros, ones, zeros, 2, 1e-5)
+        x, 2, ones, zeros, ones, zeros, zeros.clone(), ones.clone(), *counters, 0, False, 0.1, 1e-5)
     planes = x.double().flatten(2)
     m64 = planes.mean(-1)
     v64 = ((planes - m64[..., None]) ** 2).mean(-1)
@@ -60,7 +60,7 @@ def test_inference_of_a_far_offset_map(ops, fresh_seed, shape, tracked, tol):
     c, groups = shape[1], 2
     mean, var = (torch.full((c,), 1000.0), torch.full((c,), 0.25)) if tracked else (torch.zeros(c), torch.ones(c))
     ones, zeros = torch.ones(c), torch.zeros(c)
-    y = ops.inference_forward(x, mean, var, ones, zeros, torch.ones(groups), torch.zeros(groups), groups, 1e-5)
+    y = ops.inference_forward(x, groups, ones, zeros, torch.ones(groups), torch.zeros(groups), mean, var, 1e-5)
     step1 = (x.double() - mean.double()[:, None, None]) / (var.double()[:, None, None] + 1e-5).sqrt()
     assert rel_err(y, torch.nn.functional.group_norm(step1, groups, eps=1e-5)) < tol
 
@@ -73,7 +73,7 @@ def test_inference_of_planes_smaller_than_a_vector(ops, fresh_seed):
     x = torch.randn(n, c, 5, 3) + 3.0
     x[:, :: c // groups, 0, 0] = -7.0
     ones, zeros = torch.ones(c), torch.zeros(c)
-    y = ops.inference_forward(x, zeros, ones, ones, zeros, torch.ones(groups), torch.zeros(groups), groups, 1e-5)
+    y = ops.inference_forward(x, groups, ones, zeros, torch.ones(groups), torch.zeros(groups), zeros, ones, 1e-5)
     expected = torch.nn.functional.group_norm(x.double() / (1 + 1e-5) ** 0.5, groups, eps=1e-5)
     assert rel_err(y, expected) < 1e-6
 
@@ -158,21 +158,23 @@ def test_bad_inputs_are_named(ops):
     x, ones = torch.randn(2, 4, 3, 3), torch.ones(4)
     counter = torch.zeros((), dtype=torch.long)
     with pytest.raises(RuntimeError, match="contiguous"):
-        ops.inference_forward(x.transpose(2, 3), *(ones,) * 6, 2, 1e-5)
+        ops.inference_forward(x.transpose(2, 3), 2, *(ones,) * 6, 1e-5)
     with pytest.raises(RuntimeError, match="float32 or float64"):
-        ops.inference_forward(x.half(), *(ones.half(),) * 6, 2, 1e-5)
+        ops.inference_forward(x.half(), 2, *(ones.half(),) * 6, 1e-5)
     with pytest.raises(RuntimeError, match=r"\(C,\)"):
-        ops.train_forward(x, False, ones, ones, counter, counter, 0.1, True, torch.ones(5), ones,
-                          ones, ones, 2, 1e-5)
+        ops.train_forward(x, 2, torch.ones(5), ones, ones, ones, ones, ones, counter, counter, 0,
+                          True, 0.1, 1e-5)
     with pytest.raises(RuntimeError, match="one value per group or per channel"):
-        ops.inference_forward(x, *(ones,) * 4, torch.ones(3), ones, 2, 1e-5)
+        ops.inference_forward(x, 2, ones, ones, torch.ones(3), ones, ones, ones, 1e-5)
     with pytest.raises(RuntimeError, match="int64"):
-        ops.train_forward(x, False, ones, ones, counter.int(), counter, 0.1, True, *(ones,) * 4, 2, 1e-5)
+        ops.train_forward(x, 2, *(ones,) * 4, ones, ones, counter.int(), counter, 0, True, 0.1, 1e-5)
+    with pytest.raises(RuntimeError, match="step1 must be"):
+        ops.train_forward(x, 2, *(ones,) * 4, ones, ones, counter, counter, 3, True, 0.1, 1e-5)
     with pytest.raises(RuntimeError, match="3 groups do not divide 4 channels"):
-        ops.inference_forward(x, *(ones,) * 6, 3, 1e-5)
+        ops.inference_forward(x, 3, *(ones,) * 6, 1e-5)
     with pytest.raises(RuntimeError, match="grad and x differ"):
-        ops.train_backward(x[:1].contiguous(), x, torch.ones(2, 4), torch.ones(2, 4), False,
-                           *(ones,) * 5, 2, 1e-5)
+        ops.train_backward(x[:1].contiguous(), x, 2, *(ones,) * 3, torch.ones(2, 4), torch.ones(2, 4),
+                           ones, ones, 0, 1e-5)
 
 
 # (out, in/groups, kh, kw): a stem, 1x1, a grouped conv's small rows, two values per row, and a
@@ -257,7 +259,7 @@ def test_a_traced_model_records_the_reference_ops(ops, fresh_seed):
 
 FALLBACK = textwrap.dedent("""
     import warnings, torch, bcn
-    from bcn import cpu_kernels
+    from bcn.kernels import cpu as cpu_kernels
     torch.manual_seed(0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -402,20 +402,19 @@ def test_cpu_kernels_have_the_reference_numerics(fresh_seed, mode, affine):
 
 def test_served_implementations_counts_what_ran():
     """The public way to ask which implementation ran (the suite's impl tests use it)."""
-    from bcn import dispatch
-
     layer = bcn.BatchChannelNorm2d(64, 32, impl="cpu")
-    with dispatch.served_implementations() as served:
+    with bcn.kernels.served_implementations() as served:
         layer(torch.randn(2, 64, 5, 5))
         with torch.autocast("cpu", dtype=torch.bfloat16):
             layer(torch.randn(2, 64, 5, 5).to(torch.bfloat16))  # C++ under CPU autocast
         frozen = bcn.FrozenBatchChannelNorm2d.from_bcn(layer)
         with torch.no_grad():
             frozen(torch.randn(2, 64, 5, 5))
-        frozen(torch.randn(2, 64, 5, 5, requires_grad=True))  # a gradient: the reference path
-    assert served == {"cpu": 3, "reference": 1}
+        frozen(torch.randn(2, 64, 5, 5, requires_grad=True))  # a gradient: the training kernel
+        frozen(torch.randn(0, 64, 5, 5))  # an empty batch: the reference
+    assert served == {"cpu": 4, "reference": 1}
     layer(torch.randn(2, 64, 5, 5))
-    assert served == {"cpu": 3, "reference": 1}   # closed: no more counting
+    assert served == {"cpu": 4, "reference": 1}   # closed: no more counting
 
 
 def test_two_values_per_channel_backward_is_as_accurate_as_the_composition(impl, fresh_seed):

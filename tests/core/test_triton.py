@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import bcn
-from bcn import cpu_kernels, dispatch
+from bcn.kernels import KernelUnavailableWarning, Step1, dispatch, status
 from tests.helpers import rel_err
 from tests.core import reference as ref
 from tests.core.helpers import random_bcn, random_input
@@ -142,7 +142,7 @@ def test_the_frozen_variant_runs_the_kernels(fresh_seed):
     layer = random_bcn(32, 8, "batch", impl="triton").eval()
     frozen = bcn.FrozenBatchChannelNorm2d.from_bcn(layer)
     x = random_input(2, 32, 5, 6)
-    assert dispatch.implementation(frozen.impl, x, frozen.pbn, frozen.weight.dtype) == "triton"
+    assert dispatch.implementation(frozen.impl, x, Step1("fixed", False, 1e-5), frozen.weight.dtype) == "triton"
     grad = torch.randn(x.shape)
     want, grads, _ = reference_layer(layer, x, grad)
     x.requires_grad_()
@@ -153,15 +153,19 @@ def test_the_frozen_variant_runs_the_kernels(fresh_seed):
 
 def test_dispatch_follows_its_table():
     x = torch.randn(2, 8, 3, 3)
-    bn = torch.nn.BatchNorm2d(8)
+    bn = Step1("batch", True, 1e-5, momentum=0.1)
     assert dispatch.implementation("auto", x, bn, torch.float32) == "cpu"
     assert dispatch.implementation("cpu", x, bn, torch.float32) == "cpu"
     assert dispatch.implementation("triton", x, bn, torch.float32) == "triton"  # interpreter
     assert dispatch.implementation("reference", x, bn, torch.float32) == "reference"
     assert dispatch.implementation("auto", x.half(), bn, torch.float32) == "reference"
     assert dispatch.implementation("triton", x.half(), bn, torch.float32) == "triton"
-    assert dispatch.implementation("triton", x, torch.nn.SyncBatchNorm(8), torch.float32) == "reference"
-    assert dispatch.implementation("triton", x, torch.nn.BatchNorm2d(8, momentum=None), torch.float32) == "reference"
+    assert dispatch.implementation("triton", x, bn._replace(synchronized=True), torch.float32) == "reference"
+    assert dispatch.implementation("triton", x, bn._replace(momentum=None), torch.float32) == "reference"
+    assert dispatch.implementation("triton", x[:0], bn, torch.float32) == "reference"
+    # eval takes step 1 from the running state: neither synchronization nor momentum matters
+    fixed = Step1("fixed", False, 1e-5, synchronized=True)
+    assert dispatch.implementation("triton", x, fixed, torch.float32) == "triton"
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert dispatch.implementation("auto", x.bfloat16(), bn, torch.float32) == "cpu"
     with pytest.raises(ValueError, match="unknown BCN impl 'cuda'"):
@@ -171,12 +175,12 @@ def test_dispatch_follows_its_table():
 @pytest.fixture
 def fresh_status(monkeypatch):
     """The first-use check runs anew (the status of each (device, dtype) is cached)."""
-    monkeypatch.setattr(dispatch, "_triton_status", {})
+    monkeypatch.setattr(status, "triton_ok", {})
 
 
 @pytest.mark.parametrize("failure", ["raises", "wrong"])
 def test_a_failing_first_use_check_warns_once_and_the_reference_path_runs(fresh_seed, fresh_status, monkeypatch, failure):
-    from bcn import triton_kernels
+    from bcn.kernels import triton_kernels
 
     real = triton_kernels.forward
 
@@ -192,7 +196,7 @@ def test_a_failing_first_use_check_warns_once_and_the_reference_path_runs(fresh_
     twin.load_state_dict(layer.state_dict())
     x = random_input(2, 16, 4, 5)
     expected = "injected: no kernel image" if failure == "raises" else "relative error"
-    with pytest.warns(cpu_kernels.KernelUnavailableWarning, match=f"failed its first-use check on cpu torch.float32.*{expected}"):
+    with pytest.warns(KernelUnavailableWarning, match=f"failed its first-use check on cpu torch.float32.*{expected}"):
         y = layer(x)
     assert torch.equal(y, twin(x))
     for key, value in twin.state_dict().items():
@@ -200,13 +204,13 @@ def test_a_failing_first_use_check_warns_once_and_the_reference_path_runs(fresh_
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         layer(x)  # once only
-    assert dispatch.implementation("triton", x, layer.pbn, torch.float32) == "reference"
+    assert dispatch.implementation("triton", x, layer._step1(layer.pbn), torch.float32) == "reference"
 
 
 def test_a_kernel_failing_after_the_check_leaves_the_state_alone(fresh_seed, fresh_status, monkeypatch):
     """A later failure (a tile variant that does not compile for a new shape) falls back
     without a double update: the running state is committed by the last kernel only."""
-    from bcn import triton_kernels
+    from bcn.kernels import triton_kernels
 
     layer = random_bcn(16, 4, "estimate", impl="triton").train()
     twin = random_bcn(16, 4, "estimate", impl="reference").train()
@@ -224,7 +228,7 @@ def test_a_kernel_failing_after_the_check_leaves_the_state_alone(fresh_seed, fre
 
     monkeypatch.setattr(triton_kernels, "_apply", FailingApply())
     x = random_input(2, 16, 5, 5)
-    with pytest.warns(cpu_kernels.KernelUnavailableWarning, match="failed forward on cpu torch.float32"):
+    with pytest.warns(KernelUnavailableWarning, match="failed forward on cpu torch.float32"):
         y = layer(x)
     assert rel_err(y, twin(x)) < 1e-6
     for key, value in twin.state_dict().items():

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import bcn
-from bcn import dispatch
+from bcn.kernels import status
 
 triton = pytest.importorskip("triton")
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,7 +71,7 @@ class Traffic:
 def traffic(monkeypatch):
     from triton.runtime import interpreter
 
-    from bcn import triton_kernels as tk
+    from bcn.kernels import triton_kernels as tk
 
     holder = {}
     builder = interpreter.InterpreterBuilder
@@ -112,7 +112,7 @@ def test_map_accesses_fetch_the_sectors_they_use(traffic, dtype, shape, channels
     """Every kernel's reads and writes of x, y, dy and dx touch at most 10% more 32-byte
     sectors than their bytes fill, and the passes move the map as GroupNorm does: forward
     reads x twice and writes y, backward reads x and dy twice and writes dx."""
-    from bcn import triton_kernels as tk
+    from bcn.kernels import triton_kernels as tk
 
     x = torch.randn(shape).to(dtype)
     if channels_last:
@@ -128,9 +128,9 @@ def test_map_accesses_fetch_the_sectors_they_use(traffic, dtype, shape, channels
     params = (torch.ones(c, **f32), torch.zeros(c, **f32), torch.ones(1, groups, 1, **f32),
               torch.zeros(1, groups, 1, **f32))
     traffic["t"] = forward_traffic = Traffic()
-    y, saved = tk.forward(x, groups, *params, *state, torch.tensor(0.1), scalars, tk.BATCH, True)
+    y, saved = tk.forward(x, groups, *params, *state, tk.BATCH, True, torch.tensor(0.1), scalars)
     traffic["t"] = backward_traffic = Traffic()
-    dx, *_ = tk.backward(dy, saved, groups, params[2], tk.BATCH)
+    dx, *_ = tk.backward(dy, groups, params[2], saved, tk.BATCH)
     forward = forward_traffic.by_tensor({"x": x, "y": y})
     backward = backward_traffic.by_tensor({"x": x, "dy": dy, "dx": dx})
     for (kernel, name), (used, sectors) in list(forward.items()) + list(backward.items()):
@@ -144,12 +144,12 @@ def test_map_accesses_fetch_the_sectors_they_use(traffic, dtype, shape, channels
 
 @pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode])
 def test_first_use_check_passes_under_no_grad_and_inference_mode(monkeypatch, context):
-    monkeypatch.setattr(dispatch, "_triton_status", {})
+    monkeypatch.setattr(status, "triton_ok", {})
     layer = bcn.BatchChannelNorm2d(64, 32, impl="triton").eval()
     x = torch.randn(2, 64, 5, 7)
     with context():
         y = layer(x)
-        assert dispatch._triton_status[("cpu", torch.float32)] is True
+        assert status.triton_ok[("cpu", torch.float32)] is True
     with torch.no_grad():
         want = bcn.BatchChannelNorm2d(64, 32, impl="reference").eval()(x)
     assert torch.allclose(y, want, atol=1e-5)
@@ -158,13 +158,13 @@ def test_first_use_check_passes_under_no_grad_and_inference_mode(monkeypatch, co
 def test_kernels_launch_under_a_guard_for_the_tensors_device(monkeypatch):
     """Triton launches on the current CUDA device: the forward, the backward and the first-use
     check make the tensors' device current first (a model on cuda:1 while cuda:0 is current)."""
-    from bcn import triton_norm
+    from bcn.kernels import triton_autograd
 
-    guard = triton_norm._on(torch.device("cuda", 1))
+    guard = triton_autograd.on_device(torch.device("cuda", 1))
     assert isinstance(guard, torch.cuda.device) and guard.idx == 1   # entered only on a GPU
     seen = []
-    real = triton_norm._on
-    monkeypatch.setattr(triton_norm, "_on", lambda device: seen.append(device) or real(device))
+    real = triton_autograd.on_device
+    monkeypatch.setattr(triton_autograd, "on_device", lambda device: seen.append(device) or real(device))
     layer = bcn.BatchChannelNorm2d(64, 32, impl="triton")
     x = torch.randn(2, 64, 5, 7, requires_grad=True)
     layer(x).sum().backward()

@@ -7,7 +7,7 @@ import torch
 from torch._dynamo.backends.common import aot_autograd
 from torch._library.triton import triton_ops_to_kernels
 
-import bcn.ops  # noqa: F401 (registers the operators)
+import bcn.kernels.ops  # noqa: F401 (registers the operators)
 
 graphs = []
 
@@ -21,10 +21,10 @@ def capture(gm, example_inputs):
     raise Captured()
 
 
-def step(x, bn_weight, bn_bias, gamma, beta, mean, var, tracked, skipped, rate, scalars):
-    out = torch.ops.bcn.triton_forward(x, bn_weight, bn_bias, gamma, beta, 8, 1, True, mean, var,
-                                       tracked, skipped, rate, scalars)
-    grads = torch.ops.bcn.triton_backward(out[0] * 2, [x] + out[1:10], gamma, 8, 1)
+def step(x, bn_weight, bn_bias, gn_weight, gn_bias, mean, var, tracked, skipped, rate, scalars):
+    out = torch.ops.bcn.triton_forward(x, 8, bn_weight, bn_bias, gn_weight, gn_bias, mean, var,
+                                       tracked, skipped, 1, True, rate, scalars)
+    grads = torch.ops.bcn.triton_backward(out[0] * 2, 8, gn_weight, [x] + out[1:10], 1)
     return out[0], grads[0], out[10]
 
 

@@ -21,7 +21,7 @@ from detectron2.solver import build_lr_scheduler, build_optimizer
 
 import bcn
 import bcn_det
-from bcn_det.engine import run
+from bcn_det.cli import run
 from tests.det.helpers import load_cfg
 
 COCO = "configs/detectron2/COCO"

@@ -450,20 +450,28 @@ void commit_running_state(bool estimate, double momentum, int64_t count, const s
   batches.mutable_data_ptr<int64_t>()[0] += 1;
 }
 
-// BCN forward in training. estimate=false: step 1 with batch statistics; true: with the
-// estimates (running_mean, running_var) moved at `rate` towards the batch first (Algorithm 1).
+// Step 1's kinds, the codes bcn.kernels.arguments.STEP1_CODES gives them.
+constexpr int64_t kBatch = 0, kEstimate = 1, kFixed = 2;
+
+// BCN forward in training. step1 kBatch: step 1 with batch statistics; kEstimate: with the
+// estimates (running_mean, running_var) moved at `rate` towards the batch first (Algorithm 1);
+// kFixed: with the running state as it is (the estimate path at rate 0, never updated).
 // update: then commit the running state (commit_running_state; `rate` is BatchNorm's momentum
-// in batch mode). Returns y, per-plane mean and biased variance (N, C), and the step-1
-// statistics used (C): the batch's biased statistics, or the updated estimates.
+// for kBatch). Returns y, per-plane mean and biased variance (N, C), and the step-1
+// statistics used (C): the batch's biased statistics, or the (updated) estimates.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_forward(
-    const at::Tensor& x, bool estimate, const at::Tensor& running_mean,
+    const at::Tensor& x, int64_t groups, const at::Tensor& bn_w, const at::Tensor& bn_b,
+    const at::Tensor& gn_w, const at::Tensor& gn_b, const at::Tensor& running_mean,
     const at::Tensor& running_var, const at::Tensor& batches, const at::Tensor& skipped,
-    double rate, bool update, const at::Tensor& bn_w, const at::Tensor& bn_b,
-    const at::Tensor& gamma, const at::Tensor& beta, int64_t groups, double eps) {
+    int64_t step1, bool update, double rate, double eps) {
   RECORD_FUNCTION("bcn::train_forward", std::vector<c10::IValue>());
+  TORCH_CHECK(step1 == kBatch || step1 == kEstimate || step1 == kFixed,
+              "bcn cpu kernels: step1 must be 0 (batch), 1 (estimate) or 2 (fixed), got ", step1);
+  const bool estimate = step1 != kBatch;
+  if (step1 == kFixed) rate = 0.0, update = false;
   check_map(x, "x");
   check_channels({&running_mean, &running_var, &bn_w, &bn_b}, x);
-  check_affine({&gamma, &beta}, x, groups);
+  check_affine({&gn_w, &gn_b}, x, groups);
   for (const at::Tensor* t : {&batches, &skipped}) {
     TORCH_CHECK(t->device().is_cpu() && t->numel() == 1 && t->scalar_type() == at::kLong,
                 "bcn cpu kernels: batch counters must be one-element int64 CPU tensors");
@@ -482,7 +490,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_for
     const auto old_mean = per_channel<scalar_t>(running_mean, channels);
     const auto old_var = per_channel<scalar_t>(running_var, channels);
     const auto w = per_channel<scalar_t>(bn_w, channels), bb = per_channel<scalar_t>(bn_b, channels);
-    const auto gam = per_channel<scalar_t>(gamma, channels), bet = per_channel<scalar_t>(beta, channels);
+    const auto gam = per_channel<scalar_t>(gn_w, channels), bet = per_channel<scalar_t>(gn_b, channels);
     // Group g from its planes' moments m, v: the step-1 statistics, and each plane's output
     // around its channel's step-1 mean.
     struct Scratch {
@@ -529,35 +537,36 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_for
 //   dL/dx1 = r (gamma g - <gamma g>_{n,g} - z <gamma g z>_{n,g})              (GroupNorm)
 //   dL/dx  = a (dx1 - <dx1>_c - (x - mean) <dx1 (x - mean)>_c / (var + eps))  (BatchNorm)
 // and every average is a combination of the per-plane sums of g and g (x - m). So dx is
-// p g + q x + k per plane. Returns dx and the per-channel gradients of bn_w, bn_b, gamma, beta.
+// p g + q x + k per plane. Returns dx and the gradients of bn_w, bn_b, gn_w, gn_b.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_backward(
-    const at::Tensor& grad, const at::Tensor& x, const at::Tensor& plane_mean,
-    const at::Tensor& plane_var, bool estimate, const at::Tensor& mean, const at::Tensor& var,
-    const at::Tensor& bn_w, const at::Tensor& bn_b, const at::Tensor& gamma, int64_t groups,
+    const at::Tensor& grad, const at::Tensor& x, int64_t groups, const at::Tensor& bn_w,
+    const at::Tensor& bn_b, const at::Tensor& gn_w, const at::Tensor& plane_mean,
+    const at::Tensor& plane_var, const at::Tensor& mean, const at::Tensor& var, int64_t step1,
     double eps) {
   RECORD_FUNCTION("bcn::train_backward", std::vector<c10::IValue>());
+  const bool estimate = step1 != kBatch;
   check_grad_and_map(grad, x);
   check_coefficient(plane_mean, x, "plane_mean");
   check_coefficient(plane_var, x, "plane_var");
   check_channels({&mean, &var, &bn_w, &bn_b}, x);
-  check_affine({&gamma}, x, groups);
+  check_affine({&gn_w}, x, groups);
   const int64_t n = x.size(0), channels = x.size(1), size = x.size(2) * x.size(3);
   check_groups(groups, channels);
   const int64_t d = channels / groups;
-  const bool per_group = gamma.numel() != channels;
+  const bool per_group = gn_w.numel() != channels;
   auto dx = at::empty_like(x);
   auto d_bn_w = at::empty({channels}, x.options()), d_bn_b = at::empty_like(d_bn_w);
-  auto d_gamma = at::empty_like(gamma), d_beta = at::empty_like(gamma);
+  auto d_gn_w = at::empty_like(gn_w), d_gn_b = at::empty_like(gn_w);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "train_backward", [&] {
     const scalar_t* pg = grad.const_data_ptr<scalar_t>();
     const scalar_t* px = x.const_data_ptr<scalar_t>();
     scalar_t* pd = dx.mutable_data_ptr<scalar_t>();
     const scalar_t *pm = plane_mean.const_data_ptr<scalar_t>(), *pv = plane_var.const_data_ptr<scalar_t>();
     scalar_t *pdw = d_bn_w.mutable_data_ptr<scalar_t>(), *pdb = d_bn_b.mutable_data_ptr<scalar_t>();
-    scalar_t *pdgamma = d_gamma.mutable_data_ptr<scalar_t>(), *pdbeta = d_beta.mutable_data_ptr<scalar_t>();
+    scalar_t *pdgamma = d_gn_w.mutable_data_ptr<scalar_t>(), *pdbeta = d_gn_b.mutable_data_ptr<scalar_t>();
     const auto mean_c = per_channel<scalar_t>(mean, channels), var_c = per_channel<scalar_t>(var, channels);
     const auto w = per_channel<scalar_t>(bn_w, channels), bb = per_channel<scalar_t>(bn_b, channels);
-    const auto gam_c = per_channel<scalar_t>(gamma, channels);
+    const auto gam_c = per_channel<scalar_t>(gn_w, channels);
     // Group `group` from its planes' gradient sums. Per plane k = (sample s, channel j) of the
     // group, with g = dL/dy, m_k its mean, x1 = a_j x + b_j (step 1), z = r_s (x1 - mu_s) and
     // y = gamma_j z + beta_j (step 2), over the plane's L values:
@@ -662,7 +671,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_bac
           for (int64_t i = 0; i < size; ++i) out[i] = P * gp[i] + Q * (xp[i] - centre) + K;
         });
   });
-  return {dx, d_bn_w, d_bn_b, d_gamma, d_beta};
+  return {dx, d_bn_w, d_bn_b, d_gn_w, d_gn_b};
 }
 
 // The kernels' gradients are not themselves differentiable (Python's once_differentiable): a
@@ -677,19 +686,18 @@ void check_once_differentiable(const char* what, const char* way_out) {
 // cost on the small maps of detection heads and res5.
 struct TrainingBatchChannelNorm : public torch::autograd::Function<TrainingBatchChannelNorm> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
-                            bool estimate, const at::Tensor& running_mean,
-                            const at::Tensor& running_var, const at::Tensor& batches,
-                            const at::Tensor& skipped, double rate, bool update,
-                            const at::Tensor& bn_w, const at::Tensor& bn_b,
-                            const at::Tensor& gamma, const at::Tensor& beta, int64_t groups,
-                            double eps) {
+                            int64_t groups, const at::Tensor& bn_w, const at::Tensor& bn_b,
+                            const at::Tensor& gn_w, const at::Tensor& gn_b,
+                            const at::Tensor& running_mean, const at::Tensor& running_var,
+                            const at::Tensor& batches, const at::Tensor& skipped, int64_t step1,
+                            bool update, double rate, double eps) {
     const auto map = x.contiguous();
     auto [y, plane_mean, plane_var, mean, var] =
-        train_forward(map, estimate, running_mean, running_var, batches, skipped, rate, update,
-                      bn_w, bn_b, gamma, beta, groups, eps);
-    ctx->save_for_backward({map, plane_mean, plane_var, mean, var, bn_w, bn_b, gamma});
-    ctx->saved_data["estimate"] = estimate;
+        train_forward(map, groups, bn_w, bn_b, gn_w, gn_b, running_mean, running_var, batches,
+                      skipped, step1, update, rate, eps);
+    ctx->save_for_backward({map, bn_w, bn_b, gn_w, plane_mean, plane_var, mean, var});
     ctx->saved_data["groups"] = groups;
+    ctx->saved_data["step1"] = step1;
     ctx->saved_data["eps"] = eps;
     return y;
   }
@@ -698,23 +706,23 @@ struct TrainingBatchChannelNorm : public torch::autograd::Function<TrainingBatch
                                                  torch::autograd::variable_list grads) {
     check_once_differentiable("BCN's fused kernels", "build the layer with impl='reference'");
     const auto saved = ctx->get_saved_variables();
-    auto [dx, d_bn_w, d_bn_b, d_gamma, d_beta] = train_backward(
-        grads[0].contiguous(), saved[0], saved[1], saved[2], ctx->saved_data["estimate"].toBool(),
-        saved[3], saved[4], saved[5], saved[6], saved[7],
-        ctx->saved_data["groups"].toInt(), ctx->saved_data["eps"].toDouble());
+    auto [dx, d_bn_w, d_bn_b, d_gn_w, d_gn_b] = train_backward(
+        grads[0].contiguous(), saved[0], ctx->saved_data["groups"].toInt(), saved[1], saved[2],
+        saved[3], saved[4], saved[5], saved[6], saved[7], ctx->saved_data["step1"].toInt(),
+        ctx->saved_data["eps"].toDouble());
     const at::Tensor none;  // for the arguments that are not differentiable
-    // (d_gamma, d_beta have gamma's shape: the kernels take the affine in any contiguous shape)
-    return {dx, none, none, none, none, none, none, none, d_bn_w, d_bn_b, d_gamma, d_beta, none, none};
+    // (d_gn_w, d_gn_b have gn_w's shape: the kernels take the affine in any contiguous shape)
+    return {dx, none, d_bn_w, d_bn_b, d_gn_w, d_gn_b, none, none, none, none, none, none, none, none};
   }
 };
 
-at::Tensor train(const at::Tensor& x, bool estimate, const at::Tensor& running_mean,
-                 const at::Tensor& running_var, const at::Tensor& batches,
-                 const at::Tensor& skipped, double rate, bool update, const at::Tensor& bn_w,
-                 const at::Tensor& bn_b, const at::Tensor& gamma, const at::Tensor& beta,
-                 int64_t groups, double eps) {
-  return TrainingBatchChannelNorm::apply(x, estimate, running_mean, running_var, batches, skipped,
-                                         rate, update, bn_w, bn_b, gamma, beta, groups, eps);
+at::Tensor train(const at::Tensor& x, int64_t groups, const at::Tensor& bn_w,
+                 const at::Tensor& bn_b, const at::Tensor& gn_w, const at::Tensor& gn_b,
+                 const at::Tensor& running_mean, const at::Tensor& running_var,
+                 const at::Tensor& batches, const at::Tensor& skipped, int64_t step1, bool update,
+                 double rate, double eps) {
+  return TrainingBatchChannelNorm::apply(x, groups, bn_w, bn_b, gn_w, gn_b, running_mean,
+                                         running_var, batches, skipped, step1, update, rate, eps);
 }
 
 
@@ -777,14 +785,14 @@ void step1_output_moments(const scalar_t* block, int64_t d, int64_t size, const 
 }
 
 // Step 1 fixed (eval): one task per (sample, group) -- the unit GroupNorm itself uses.
-at::Tensor inference_forward(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& var,
-                             const at::Tensor& bn_w, const at::Tensor& bn_b,
-                             const at::Tensor& gamma, const at::Tensor& beta, int64_t groups,
-                             double eps) {
+at::Tensor inference_forward(const at::Tensor& x, int64_t groups, const at::Tensor& bn_w,
+                             const at::Tensor& bn_b, const at::Tensor& gn_w,
+                             const at::Tensor& gn_b, const at::Tensor& mean,
+                             const at::Tensor& var, double eps) {
   RECORD_FUNCTION("bcn::inference_forward", std::vector<c10::IValue>());  // each kernel named in torch.profiler
   check_map(x, "x");
   check_channels({&mean, &var, &bn_w, &bn_b}, x);
-  check_affine({&gamma, &beta}, x, groups);
+  check_affine({&gn_w, &gn_b}, x, groups);
   const int64_t n = x.size(0), channels = x.size(1), size = x.size(2) * x.size(3);
   check_groups(groups, channels);
   const int64_t d = channels / groups;
@@ -794,7 +802,7 @@ at::Tensor inference_forward(const at::Tensor& x, const at::Tensor& mean, const 
     scalar_t* py = y.mutable_data_ptr<scalar_t>();
     const auto mean_c = per_channel<scalar_t>(mean, channels), var_c = per_channel<scalar_t>(var, channels);
     const auto w = per_channel<scalar_t>(bn_w, channels), bb = per_channel<scalar_t>(bn_b, channels);
-    const auto gam = per_channel<scalar_t>(gamma, channels), bet = per_channel<scalar_t>(beta, channels);
+    const auto gam = per_channel<scalar_t>(gn_w, channels), bet = per_channel<scalar_t>(gn_b, channels);
     at::parallel_for(0, n * groups, grain_for(d * size), [&](int64_t begin, int64_t end) {
       GroupAlgebra alg(1, d, eps);
       for (int64_t task = begin; task < end; ++task) {

@@ -1,6 +1,6 @@
 """BCN's GPU kernels (Triton): training forward and backward, both modes, and eval.
 
-The math is bcn.cpu_norm's (and the CPU kernels'): everything follows from the per-(sample,
+The math is the CPU kernels' (bcn.kernels.cpu, docs/method.md): everything follows from the per-(sample,
 channel) plane moments m[n,c], v[n,c] of x, so the layer is y = A[n,c] (x - m~[n,c]) + K[n,c]
 and, in backward, dx = k_dy dy + k_x (x - m~) + k_0 with per-plane coefficients. Each
 direction is two passes over the map -- GroupNorm's traffic -- around small kernels that
@@ -11,9 +11,9 @@ solve the coefficients in float64:
     backward  plane_gradient_sums (read x, dy)  ->  group_gradients  ->  channel_gradients
               ->  apply (read x, dy, write dx)
 
-Step 1's statistics come from the batch (mode BATCH, Eq. 16), from the estimates moved at the
-learning rate (ESTIMATE, Algorithm 1) or from the running state as it is (FIXED: eval, or a
-frozen batch part). The running state is updated by the kernels themselves: the new values
+Step 1's statistics come from the batch (STEP1 = BATCH, Eq. 16), from the estimates moved at
+the learning rate (ESTIMATE, Algorithm 1) or from the running state as it is (FIXED: eval, or
+a frozen batch part). The running state is updated by the kernels themselves: the new values
 are committed only when every channel's are finite (else ``skipped_updates`` counts the
 batch), decided on the device -- no host synchronization.
 
@@ -27,11 +27,15 @@ Sizes are runtime arguments (``do_not_specialize``): detection changes H x W eve
 only the tile widths (powers of two, from the plane length) select a compiled variant. Grids
 are 1-D with int64 offsets (CUDA's grid y/z stop at 65,535).
 """
+from typing import NamedTuple
+
 import torch
 import triton
 import triton.language as tl
 
-BATCH, ESTIMATE, FIXED = 0, 1, 2
+from .arguments import STEP1_CODES
+
+BATCH, ESTIMATE, FIXED = (STEP1_CODES[kind] for kind in ("batch", "estimate", "fixed"))
 _TILE = 2048  # elements per program per step of the passes over the map (plane_launch)
 
 
@@ -112,7 +116,7 @@ def _plane_moments(x_ptr, mean_ptr, var_ptr, P, C, L, CHANNELS_LAST: tl.constexp
 @triton.jit(do_not_specialize=["N", "C", "L"])
 def _channel_stats(mean_ptr, var_ptr, N, C, L, bn_w_ptr, bn_b_ptr, run_mean_ptr, run_var_ptr,
                    scalars_ptr, rate_ptr, a_ptr, b_ptr, mu_ptr, inv_ptr, new_mean_ptr,
-                   new_var_ptr, flag_ptr, MODE: tl.constexpr, UPDATE: tl.constexpr,
+                   new_var_ptr, flag_ptr, STEP1: tl.constexpr, UPDATE: tl.constexpr,
                    BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
     """Step 1 per channel: the statistics it normalizes with (mu, inv = 1/sqrt(var + eps)), its
     affine a = gamma_b * inv, b = beta_b - a * mu, and the new running state (not committed)."""
@@ -122,7 +126,7 @@ def _channel_stats(mean_ptr, var_ptr, N, C, L, bn_w_ptr, bn_b_ptr, run_mean_ptr,
     eps = tl.load(scalars_ptr)
     run_mean = tl.load(run_mean_ptr + cs, mask=cmask, other=0.0).to(tl.float64)
     run_var = tl.load(run_var_ptr + cs, mask=cmask, other=1.0).to(tl.float64)
-    if MODE == 2:
+    if STEP1 == 2:
         mu = run_mean
         var = run_var
     else:
@@ -132,7 +136,7 @@ def _channel_stats(mean_ptr, var_ptr, N, C, L, bn_w_ptr, bn_b_ptr, run_mean_ptr,
             total += tl.sum(tl.load(mean_ptr + idx, mask=mask, other=0.0), axis=0)
         batch_mean = total / N
         # BATCH: variance around the batch mean; ESTIMATE: around the OLD estimate (Alg. 1)
-        center = batch_mean if MODE == 0 else run_mean
+        center = batch_mean if STEP1 == 0 else run_mean
         spread = tl.zeros([BLOCK_C], dtype=tl.float64)
         for n0 in range(0, N, BLOCK_N):
             mask, idx = _sample_tile(n0, N, C, cs, cmask, BLOCK_N)
@@ -141,7 +145,7 @@ def _channel_stats(mean_ptr, var_ptr, N, C, L, bn_w_ptr, bn_b_ptr, run_mean_ptr,
             d = tl.where(mask, m - center[None, :], 0.0)
             spread += tl.sum(v + d * d, axis=0)
         batch_var = spread / N
-        if MODE == 0:
+        if STEP1 == 0:
             momentum = tl.load(scalars_ptr + 1)
             count = N.to(tl.float64) * L
             new_mean = (1.0 - momentum) * run_mean + momentum * batch_mean
@@ -305,7 +309,7 @@ def _group_gradients(s_ptr, t_ptr, mean_ptr, var_ptr, c_m_ptr, a_ptr, b_ptr, gn_
 @triton.jit(do_not_specialize=["N", "C", "L"])
 def _channel_gradients(p_ptr, q_ptr, mean_ptr, c_m_ptr, c_dy_ptr, c_x_ptr, c_0_ptr, a_ptr,
                        mu_ptr, inv_ptr, k_dy_ptr, k_x_ptr, k_0_ptr, dbn_w_ptr, dbn_b_ptr, N, C, L,
-                       MODE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+                       STEP1: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
     """Step 1's backward per channel. Estimates and fixed statistics are constants: dx = a dx1.
     Batch statistics add BatchNorm's terms: dx = a (dx1 - mean(dx1) - x^ mean(dx1 x^)).
     Writes the final per-plane coefficients of dx (around m~, float32) and gamma_b's and
@@ -335,7 +339,7 @@ def _channel_gradients(p_ptr, q_ptr, mean_ptr, c_m_ptr, c_dy_ptr, c_x_ptr, c_0_p
         c_dy = tl.load(c_dy_ptr + idx, mask=mask, other=0.0)
         c_x = tl.load(c_x_ptr + idx, mask=mask, other=0.0)
         c_0 = tl.load(c_0_ptr + idx, mask=mask, other=0.0)
-        if MODE == 0:
+        if STEP1 == 0:
             c_0 = c_0 - k1[None, :] - k2[None, :] * (m - mu[None, :]) * inv[None, :]
             c_x = c_x - (k2 * inv)[None, :]
         # around m~ instead of m: c_x (x - m) = c_x (x - m~) + c_x (m~ - m)
@@ -399,6 +403,15 @@ def _compute_dtype(x: torch.Tensor):
     return (tl.float64, torch.float64) if x.dtype == torch.float64 else (tl.float32, torch.float32)
 
 
+def _geometry(x: torch.Tensor, groups: int, channels_last: bool):
+    """(N, C, plane length, planes, channels per group, compute dtypes (Triton's, torch's),
+    tiles and grid of the passes over the map)."""
+    n, c, h, w = x.shape
+    compute, coef_dtype = _compute_dtype(x)
+    tiles, grid = plane_launch(n, c, h * w, channels_last, coef_dtype)
+    return n, c, h * w, n * c, c // groups, compute, coef_dtype, tiles, grid
+
+
 def _launcher(traceable: bool):
     """How a kernel is called: through torch.library.wrap_triton inside bcn's operators (so
     torch.compile and torch.export trace the launches into their graphs), directly in eager
@@ -406,26 +419,37 @@ def _launcher(traceable: bool):
     return torch.library.wrap_triton if traceable else (lambda kernel: kernel)
 
 
+class Saved(NamedTuple):
+    """What the forward keeps for the backward besides the parameters."""
+    x: torch.Tensor          # the map as the kernels read it (NCHW-contiguous or channels_last)
+    plane_mean: torch.Tensor  # (N*C,) float64: each plane's mean m
+    plane_var: torch.Tensor   # (N*C,) float64: each plane's biased variance v
+    centre: torch.Tensor      # (N*C,): the float32 plane mean m~ outputs are written around
+    a: torch.Tensor           # (C,) float64: step 1 as a x + b
+    b: torch.Tensor
+    mean: torch.Tensor        # (C,) float64: step 1's statistics (the batch's, or the estimates)
+    inv_std: torch.Tensor     # (C,) float64: 1 / sqrt(var + eps)
+    group_mean: torch.Tensor  # (N*G,) float64: step 2's statistics
+    group_rstd: torch.Tensor
+
+
 def forward(x, groups, bn_weight, bn_bias, gn_weight, gn_bias, running_mean, running_var,
-            tracked, skipped, rate, scalars, mode, update, traceable=False):
-    """y, and the tensors backward needs. gn_weight / gn_bias: (1, G, 1) per group or (C,) per
-    channel; scalars: float64 (bn_eps, momentum, gn_eps) on x's device; rate: the estimate rate
-    (a one-element tensor on x's device). ``update`` (modes BATCH, ESTIMATE): move the running
-    state, committed last, after every other kernel has run."""
+            num_batches_tracked, skipped_updates, step1, update, rate, scalars, traceable=False):
+    """(y, Saved). gn_weight / gn_bias: (1, G, 1) per group or (C,) per channel; step1: BATCH,
+    ESTIMATE or FIXED; scalars: float64 (bn_eps, momentum, gn_eps) on x's device; rate: the
+    estimate rate (a one-element tensor on x's device). ``update`` (BATCH, ESTIMATE): move the
+    running state, committed last, after every other kernel has run."""
     run = _launcher(traceable)
     x, channels_last = _layout(x)
-    n, c, h, w = x.shape
-    length, planes, d = h * w, n * c, c // groups
-    compute, coef_dtype = _compute_dtype(x)
+    n, c, length, planes, d, compute, coef_dtype, tiles, grid = _geometry(x, groups, channels_last)
     f64 = dict(dtype=torch.float64, device=x.device)
     mean, var = torch.empty(planes, **f64), torch.empty(planes, **f64)
-    tiles, grid = plane_launch(n, c, length, channels_last, coef_dtype)
     run(_plane_moments)[grid](x, mean, var, planes, c, length, COMPUTE=compute, **tiles)
     a, b, mu, inv, new_mean, new_var = (torch.empty(c, **f64) for _ in range(6))
     ctiles, cgrid = channel_launch(n, c)
     flags = torch.empty(cgrid[0], dtype=torch.int32, device=x.device)  # each program writes its own
     run(_channel_stats)[cgrid](mean, var, n, c, length, bn_weight, bn_bias, running_mean, running_var,
-                               scalars, rate, a, b, mu, inv, new_mean, new_var, flags, MODE=mode,
+                               scalars, rate, a, b, mu, inv, new_mean, new_var, flags, STEP1=step1,
                                UPDATE=update, **ctiles)
     coef_a = torch.empty(planes, dtype=coef_dtype, device=x.device)
     coef_m, coef_k = torch.empty_like(coef_a), torch.empty_like(coef_a)
@@ -439,24 +463,22 @@ def forward(x, groups, bn_weight, bn_bias, gn_weight, gn_bias, running_mean, run
                       COMPUTE=compute, **tiles)
     if update:
         run(_commit_running_state)[(1,)](new_mean, new_var, flags, cgrid[0], running_mean, running_var,
-                                         tracked, skipped, c, BLOCK_F=triton.next_power_of_2(cgrid[0]),
+                                         num_batches_tracked, skipped_updates, c,
+                                         BLOCK_F=triton.next_power_of_2(cgrid[0]),
                                          BLOCK_C=min(triton.next_power_of_2(c), 1024), num_warps=4)
-    return y, (x, mean, var, coef_m, a, b, mu, inv, mu_g, rstd_g)
+    return y, Saved(x, mean, var, coef_m, a, b, mu, inv, mu_g, rstd_g)
 
 
-def backward(dy, saved, groups, gn_weight, mode, traceable=False):
+def backward(dy, groups, gn_weight, saved, step1, traceable=False):
     """(dx, d bn_weight, d bn_bias, d gn_weight, d gn_bias); parameter gradients in the
     parameters' dtype (gn_weight's), gn's flat ((G,) or (C,))."""
     run = _launcher(traceable)
     x, mean, var, coef_m, a, b, mu, inv, mu_g, rstd_g = saved
     x, channels_last = _layout(x)
     dy = dy.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    n, c, h, w = x.shape
-    length, planes, d = h * w, n * c, c // groups
-    compute, coef_dtype = _compute_dtype(x)
+    n, c, length, planes, d, compute, coef_dtype, tiles, grid = _geometry(x, groups, channels_last)
     f64 = dict(dtype=torch.float64, device=x.device)
     s, t = torch.empty(planes, **f64), torch.empty(planes, **f64)
-    tiles, grid = plane_launch(n, c, length, channels_last, coef_dtype)
     run(_plane_gradient_sums)[grid](x, dy, coef_m, s, t, planes, c, length, COMPUTE=compute, **tiles)
     c_dy, c_x, c_0, p, q = (torch.empty(planes, **f64) for _ in range(5))
     per_channel = gn_weight.dim() == 1
@@ -471,7 +493,7 @@ def backward(dy, saved, groups, gn_weight, mode, traceable=False):
     dbn_w, dbn_b = torch.empty(c, dtype=gn_weight.dtype, device=x.device), torch.empty(c, dtype=gn_weight.dtype, device=x.device)
     ctiles, cgrid = channel_launch(n, c)
     run(_channel_gradients)[cgrid](p, q, mean, coef_m, c_dy, c_x, c_0, a, mu, inv, k_dy, k_x, k_0,
-                                   dbn_w, dbn_b, n, c, length, MODE=mode, **ctiles)
+                                   dbn_w, dbn_b, n, c, length, STEP1=step1, **ctiles)
     dx = torch.empty_like(x)
     run(_apply)[grid](x, dy, dx, k_x, coef_m, k_0, k_dy, planes, c, length, HAS_DY=True,
                       COMPUTE=compute, **tiles)

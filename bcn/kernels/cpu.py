@@ -1,19 +1,28 @@
-"""BCN's CPU kernels (bcn/csrc/cpu_kernels.cpp): compiled on first use, cached, optional.
+"""BCN's CPU kernels (csrc/cpu_kernels.cpp): the build, and the calls.
 
-The training forward, training backward and inference kernels behind bcn.cpu_norm, written
-once in C++ so that no per-shape compilation is ever needed (detection inputs change size
-every image). The build is torch's
-own JIT extension build (a C++ compiler and ninja; ~35 s once per CPU model and torch version,
-cached under $TORCH_EXTENSIONS_DIR, default ~/.cache/torch_extensions). Where it cannot be
-built, ``extension()`` warns once and returns None and BCN runs its reference path.
-``BCN_KERNELS=0`` in the environment turns the kernels off.
+Both steps follow from the per-(sample, channel) moments m[n,c], v[n,c] of x (docs/method.md
+derives it): BCN(x) = A[n,c] x + B[n,c]. Channel c's statistics involve only the planes (n, c)
+and group g's only the channels of g, so the planes of one group, over all samples, are a
+closed block forward and backward: the kernels run one task per group that reads its block,
+solves its (N, C/G) coefficients in double and writes its output while the block is in cache --
+the memory traffic of GroupNorm. Inference (step 1 fixed) runs one task per (sample, group).
+Training forward and backward are one autograd node written in C++ (``train``): no Python
+runs per call in backward, which detection heads' small maps would notice. Weight
+standardization (Eq. 9, the published eps-in-sqrt form) has a kernel too, one task per block of
+output channels at a copy's memory traffic.
+
+The kernels are written once in C++ so that no per-shape compilation is ever needed (detection
+inputs change size every image). The build is torch's own JIT extension build (a C++ compiler
+and ninja; ~35 s once per CPU model and torch version, cached under $TORCH_EXTENSIONS_DIR,
+default ~/.cache/torch_extensions). Where it cannot be built, ``extension()`` warns once and
+returns None and BCN runs its reference path. ``BCN_KERNELS=0`` turns the kernels off.
 
 The build targets the CPU it runs on (-march=native): the kernels' sums are vector code, and a
 build for baseline x86-64 (SSE2) leaves most of a modern CPU's vector width unused. ATen's own
 kernels pick their instruction set at run time; ours is compiled for one, so the cache name
 includes the CPU's model and feature flags: a build is never loaded on a CPU it was not
-compiled for (a shared home directory on a mixed cluster). Where the CPU can't be identified (no /proc/cpuinfo)
-or -march=native does not build, the portable flags are used.
+compiled for (a shared home directory on a mixed cluster). Where the CPU can't be identified
+(no /proc/cpuinfo) or -march=native does not build, the portable flags are used.
 """
 import functools
 import hashlib
@@ -25,6 +34,10 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+from torch import Tensor
+
+from .arguments import Params, RunningState, Step1
+from .status import KernelUnavailableWarning
 
 SOURCE = Path(__file__).with_name("csrc") / "cpu_kernels.cpp"
 # OpenMP: torch's own intra-op threads (same libgomp soname). -fno-math-errno: std::sqrt may then
@@ -33,22 +46,6 @@ SOURCE = Path(__file__).with_name("csrc") / "cpu_kernels.cpp"
 CFLAGS = ["-O3", "-fopenmp", "-fno-math-errno"]
 NATIVE_CFLAGS = CFLAGS + ["-march=native"]
 DTYPES = (torch.float32, torch.float64)
-
-
-class KernelUnavailableWarning(UserWarning):
-    pass
-
-
-def serves(x: torch.Tensor) -> bool:
-    """Whether the kernels run this tensor (otherwise: the reference path). Never while
-    torch.jit.trace / ONNX export records a graph: a call into this extension is opaque to
-    them, and a trace would keep only its output allocation, not what it computed (under
-    torch.compile they run as bcn.ops operators)."""
-    if torch.jit.is_tracing():
-        return False
-    from .dispatch import cpu_kernels_ready
-
-    return x.device.type == "cpu" and x.dtype in DTYPES and cpu_kernels_ready()
 
 
 @functools.lru_cache(maxsize=None)
@@ -147,3 +144,32 @@ def _put_pip_ninja_on_path() -> None:
     except ImportError:
         return
     os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+
+
+def train(x: Tensor, groups: int, params: Params, state: RunningState, step1: Step1,
+          eps: float) -> Tensor:
+    """BCN with autograd (one C++ node). Step 1 "batch": the batch's statistics, differentiated
+    through (Eq. 16); with ``update`` the running averages move at BatchNorm's momentum
+    (unbiased variance). "estimate": the estimates moved at ``rate`` towards the batch first
+    (Algorithm 1; constants to autograd), stored with ``update``. "fixed": the running state
+    as it is. A batch whose new running state is not finite leaves it as it was and counts in
+    skipped_updates."""
+    return extension().train(x, groups, *params, *state, step1.code, step1.update,
+                             host_rate(step1), eps)
+
+
+def inference(x: Tensor, groups: int, params: Params, state: RunningState, eps: float) -> Tensor:
+    """BCN with step 1 fixed to the running state, outside autograd (no gradient): one task per
+    (sample, group), the group's moments and then its output while it is in cache, as
+    GroupNorm runs."""
+    return extension().inference_forward(x.contiguous(), groups, *params, state.running_mean,
+                                         state.running_var, eps)
+
+
+def host_rate(step1: Step1) -> float:
+    """The rate the C++ kernels move the running state at: BatchNorm's momentum ("batch"), the
+    estimate rate ("estimate", read from its tensor), none ("fixed")."""
+    if step1.kind == "estimate":
+        return float(step1.rate)
+    return step1.momentum if step1.kind == "batch" else 0.0
+

@@ -17,7 +17,7 @@ import zipfile
 from dataclasses import dataclass, field
 from typing import List, Mapping
 
-from .pretrained import CheckpointError
+from ..pretrained import CheckpointError
 
 PURPOSES = ("complete", "init", "partial")
 
