@@ -157,8 +157,9 @@ class BatchChannelNorm2d(nn.GroupNorm):
             if not pbn.rate_is_set:
                 _warn_rate_not_set(pbn)
             return Step1("estimate", True, pbn.eps, rate=pbn._buffers["rate"])
-        return Step1("batch", True, pbn.eps, momentum=pbn.momentum,
-                     synchronized=isinstance(pbn, nn.SyncBatchNorm))
+        synchronized = isinstance(pbn, nn.SyncBatchNorm)
+        return Step1("batch", True, pbn.eps, momentum=pbn.momentum, synchronized=synchronized,
+                     process_group=pbn.process_group if synchronized else None)
 
     def _no_values(self, x: torch.Tensor) -> torch.Tensor:
         """An empty batch (a detection head given no boxes: N = 0) has no statistics: the running

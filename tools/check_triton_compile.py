@@ -13,6 +13,7 @@ distinct specialization is compiled the way Triton's JIT would (its own binder a
 Must run without TRITON_INTERPRET=1 (the interpreter has nothing to compile).
 """
 import argparse
+import math
 import os
 import re
 import subprocess
@@ -132,7 +133,7 @@ def check(shapes, dtypes, layouts, steps, affines, targets, log=print):
                             variants.setdefault((kernel, repr_key(args, kwargs)), [kernel, args, kwargs, [], 0])
                             entry = variants[(kernel, repr_key(args, kwargs))]
                             entry[3].append(case)
-                            entry[4] = max(entry[4], grid[0])
+                            entry[4] = max(entry[4], math.prod(grid))
     rows = []
     for arch in targets:
         target = GPUTarget("cuda", arch, 32)

@@ -130,6 +130,8 @@ def _triton(x, groups: int, params: Params, state: RunningState, step1: Step1, e
 
         return triton_autograd.batch_channel_norm(x, groups, params, state, step1, scalars)
     except Exception as error:
+        if step1.synchronized and step1.kind == "batch":
+            raise  # the other processes wait in the kernels' all-gather: no fallback alone
         status.triton_failed(x.device, x.dtype, "forward", status.describe(error))
         return None
 

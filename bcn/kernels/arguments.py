@@ -13,7 +13,7 @@ Eq. 16 and Algorithm 1) takes its statistics in one of three ways, ``Step1.kind`
     "fixed"     the running state as it is (eval, a batch part a framework put in eval, a frozen
                 layer); constants to autograd
 """
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 from torch import Tensor
 
@@ -46,7 +46,8 @@ class Step1(NamedTuple):
     eps: float                     # step 1's epsilon
     momentum: Optional[float] = None   # "batch": BatchNorm's momentum (None: cumulative average)
     rate: Optional[Tensor] = None      # "estimate": the estimate rate, a one-element tensor
-    synchronized: bool = False     # "batch": statistics all-reduced across processes
+    synchronized: bool = False     # "batch": statistics taken over every process's batch
+    process_group: Any = None      # ... of this torch.distributed group (None: all processes)
 
     @property
     def code(self) -> int:

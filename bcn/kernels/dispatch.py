@@ -17,9 +17,11 @@ statistics are taken in float32 and the CPU path converts the map):
     |------------------------------------------------------------------|-----------|
     | torch.jit.trace / ONNX export records a graph (a kernel call is  | reference |
     |   opaque to it), or the batch is empty                           |           |
-    | impl "reference"; or step 1 takes batch statistics synchronized  | reference |
-    |   across processes, or moves them by a cumulative average        |           |
-    |   (BatchNorm's momentum=None)                                    |           |
+    | impl "reference"; or step 1 moves its running statistics by a    | reference |
+    |   cumulative average (BatchNorm's momentum=None); or it takes    |           |
+    |   batch statistics synchronized across processes (sync_batch)   |           |
+    |   while dynamo records a graph, or on the CPU with impl "auto"  |           |
+    |   or "cpu"                                                       |           |
     | CPU tensor, impl "auto"/"cpu", float32/float64, the parameters   | cpu       |
     |   in the map's dtype, the C++ kernels built                      |           |
     | CUDA tensor with impl "auto"/"triton", or a CPU tensor with      | triton    |
@@ -67,11 +69,14 @@ def implementation(impl: str, x: torch.Tensor, step1: Step1, param_dtype: torch.
     """"cpu", "triton" or "reference" for this call (the module docstring's table)."""
     if torch.jit.is_tracing() or impl == "reference" or x.shape[0] == 0:
         return "reference"
-    if step1.kind == "batch" and (step1.synchronized or step1.momentum is None):
+    synchronized = step1.kind == "batch" and step1.synchronized
+    if step1.kind == "batch" and step1.momentum is None:
+        return "reference"
+    if synchronized and torch.compiler.is_compiling():
         return "reference"
     device = x.device.type
     dtype = torch.float32 if device == "cpu" and torch.is_autocast_enabled("cpu") else x.dtype
-    if device == "cpu" and impl in ("auto", "cpu"):
+    if device == "cpu" and impl in ("auto", "cpu") and not synchronized:
         if dtype in CPU_DTYPES and param_dtype == dtype and cpu_ready():
             return "cpu"
         return "reference"

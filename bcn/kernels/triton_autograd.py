@@ -7,7 +7,7 @@ import contextlib
 import torch
 
 from .. import functional as BF
-from . import status
+from . import status, sync
 from . import triton_kernels as tk
 from .arguments import Params, RunningState, Step1
 
@@ -19,11 +19,12 @@ class TritonBatchChannelNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, groups, bn_weight, bn_bias, gn_weight, gn_bias, state, step1, scalars):
         rate = scalars if step1.rate is None else step1.rate  # read in "estimate" only
+        gather = sync.gather_for(step1)
         with on_device(x.device):
             y, saved = tk.forward(x, groups, bn_weight, bn_bias, gn_weight, gn_bias, *state,
-                                  step1.code, step1.update, rate, scalars)
+                                  step1.code, step1.update, rate, scalars, gather=gather)
         ctx.save_for_backward(*saved, bn_weight, bn_bias, gn_weight, gn_bias)
-        ctx.groups, ctx.step1, ctx.scalars = groups, step1, scalars
+        ctx.groups, ctx.step1, ctx.scalars, ctx.gather = groups, step1, scalars, gather
         return y
 
     @staticmethod
@@ -33,8 +34,10 @@ class TritonBatchChannelNorm(torch.autograd.Function):
         params = Params(bn_weight, bn_bias, gn_weight, gn_bias)
         try:
             with on_device(dy.device):
-                grads = tk.backward(dy, ctx.groups, gn_weight, saved, ctx.step1.code)
+                grads = tk.backward(dy, ctx.groups, gn_weight, saved, ctx.step1.code, gather=ctx.gather)
         except Exception as error:  # a variant that does not compile here: same gradients, slower
+            if ctx.gather is not None:
+                raise  # the other processes wait in the kernels' all-gather: no fallback alone
             status.triton_failed(dy.device, saved.x.dtype, "backward", status.describe(error))
             grads = _gradients_by_autograd(dy, ctx.groups, params, saved, ctx.step1, ctx.scalars)
         return (grads[0], None) + parameter_gradients(grads[1:], params) + (None,) * 3

@@ -6,10 +6,16 @@ and, in backward, dx = k_dy dy + k_x (x - m~) + k_0 with per-plane coefficients.
 direction is two passes over the map -- GroupNorm's traffic -- around small kernels that
 solve the coefficients in float64:
 
-    forward   plane_moments (read x)  ->  channel_stats  ->  group_coefficients
+    forward   plane_moments (read x) [-> merge_plane_moments]  ->  channel_moments
+              [-> all-gather]  ->  channel_stats  ->  group_coefficients
               [-> commit_running_state]  ->  apply (read x, write y)
-    backward  plane_gradient_sums (read x, dy)  ->  group_gradients  ->  channel_gradients
+    backward  plane_gradient_sums (read x, dy) [-> merge_plane_sums]  ->  group_gradients
+              ->  channel_gradient_sums [-> all-gather]  ->  channel_gradients
               ->  apply (read x, dy, write dx)
+
+The merges run where a pass is cut into chunks for parallel work (plane_launch,
+channel_launch); the all-gathers where step 1's batch statistics are synchronized across
+processes (as SyncBatchNorm does: one small collective per direction, no extra pass).
 
 Step 1's statistics come from the batch (STEP1 = BATCH, Eq. 16), from the estimates moved at
 the learning rate (ESTIMATE, Algorithm 1) or from the running state as it is (FIXED: eval, or
@@ -24,8 +30,9 @@ mean m~, so maps far from zero keep their precision. x, y, dy and dx are float32
 bfloat16 (statistics always float32 or wider); NCHW or channels_last.
 
 Sizes are runtime arguments (``do_not_specialize``): detection changes H x W every image, and
-only the tile widths (powers of two, from the plane length) select a compiled variant. Grids
-are 1-D with int64 offsets (CUDA's grid y/z stop at 65,535).
+only the tile widths (powers of two, from the plane length) select a compiled variant. Grid
+axis 0 holds the tiles, with int64 offsets (CUDA's grid y/z stop at 65,535); axis 1 at most
+PROGRAMS chunks.
 """
 from typing import NamedTuple
 
@@ -37,6 +44,7 @@ from .arguments import STEP1_CODES
 
 BATCH, ESTIMATE, FIXED = (STEP1_CODES[kind] for kind in ("batch", "estimate", "fixed"))
 _TILE = 2048  # elements per program per step of the passes over the map (plane_launch)
+PROGRAMS = 264  # a pass's programs at least, where the map allows: two per SM of an H100
 
 
 @triton.jit
@@ -58,6 +66,14 @@ def _plane_tile(P, C, L, CHANNELS_LAST: tl.constexpr, BLOCK_P: tl.constexpr):
         return n * C + cs, cs < C, n.to(tl.int64) * L * C + cs, C
     planes = pid * BLOCK_P + tl.arange(0, BLOCK_P)
     return planes, planes < P, planes.to(tl.int64) * L, 1
+
+
+@triton.jit
+def _chunk(L, CHUNK_L):
+    """This program's positions along the planes (program axis 1): first, stop, and where its
+    row of per-plane partial results goes (plane p's rows are p * chunks + chunk)."""
+    first = tl.program_id(1) * CHUNK_L
+    return first, tl.minimum(first + CHUNK_L, L), tl.num_programs(1), tl.program_id(1)
 
 
 @triton.jit
@@ -87,19 +103,22 @@ def _group_affine(w_ptr, cs, cmask, g, PER_CHANNEL: tl.constexpr):
 
 
 @triton.jit(do_not_specialize=["P"])
-def _plane_moments(x_ptr, mean_ptr, var_ptr, P, C, L, CHANNELS_LAST: tl.constexpr,
+def _plane_moments(x_ptr, mean_ptr, var_ptr, P, C, L, CHUNK_L, CHANNELS_LAST: tl.constexpr,
                    BLOCK_P: tl.constexpr, BLOCK_L: tl.constexpr, COMPUTE: tl.constexpr):
-    """m[p], v[p] (float64, biased) of BLOCK_P planes p = n * C + c."""
+    """m[p], v[p] (float64, biased) of BLOCK_P planes p = n * C + c, over this program's chunk
+    of their positions (the whole plane when there is one chunk; else _merge_plane_moments
+    merges the chunks' rows)."""
     planes, pmask, base, step = _plane_tile(P, C, L, CHANNELS_LAST, BLOCK_P)
+    first, stop, chunks, chunk = _chunk(L, CHUNK_L)
     count = tl.zeros([BLOCK_P], dtype=tl.float64)
     mean = tl.zeros([BLOCK_P], dtype=tl.float64)
     m2 = tl.zeros([BLOCK_P], dtype=tl.float64)
-    for start in range(0, L, BLOCK_L):
+    for start in range(first, stop, BLOCK_L):
         offs = start + tl.arange(0, BLOCK_L)
-        mask = pmask[:, None] & (offs < L)[None, :]
+        mask = pmask[:, None] & (offs < stop)[None, :]
         x = tl.load(x_ptr + base[:, None] + offs.to(tl.int64)[None, :] * step, mask=mask,
                     other=0.0).to(COMPUTE)
-        k = tl.minimum(L - start, BLOCK_L)
+        k = tl.minimum(stop - start, BLOCK_L)
         tile_mean = tl.sum(x, axis=1) / k
         d = tl.where(mask, x - tile_mean[:, None], 0.0)
         tile_m2 = tl.sum(d * d, axis=1).to(tl.float64)
@@ -109,17 +128,70 @@ def _plane_moments(x_ptr, mean_ptr, var_ptr, P, C, L, CHANNELS_LAST: tl.constexp
         mean += delta * (kf / total)
         m2 += tile_m2 + delta * delta * (count * kf / total)
         count = total
+    rows = planes.to(tl.int64) * chunks + chunk
+    tl.store(mean_ptr + rows, mean, mask=pmask)
+    tl.store(var_ptr + rows, m2 / (stop - first), mask=pmask)
+
+
+@triton.jit(do_not_specialize=["P", "L", "CHUNK_L", "CHUNKS"])
+def _merge_plane_moments(part_mean_ptr, part_var_ptr, mean_ptr, var_ptr, P, L, CHUNK_L, CHUNKS,
+                         BLOCK_P: tl.constexpr):
+    """m[p], v[p] from the CHUNKS rows of each plane, merged in order (Chan et al.)."""
+    planes = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    pmask = planes < P
+    count = tl.zeros([BLOCK_P], dtype=tl.float64)
+    mean = tl.zeros([BLOCK_P], dtype=tl.float64)
+    m2 = tl.zeros([BLOCK_P], dtype=tl.float64)
+    for j in range(0, CHUNKS):
+        rows = planes.to(tl.int64) * CHUNKS + j
+        k = (tl.minimum(L - j * CHUNK_L, CHUNK_L)).to(tl.float64)
+        delta = tl.load(part_mean_ptr + rows, mask=pmask, other=0.0) - mean
+        total = count + k
+        mean += delta * (k / total)
+        m2 += k * tl.load(part_var_ptr + rows, mask=pmask, other=0.0) + delta * delta * (count * k / total)
+        count = total
     tl.store(mean_ptr + planes, mean, mask=pmask)
     tl.store(var_ptr + planes, m2 / L, mask=pmask)
 
 
-@triton.jit(do_not_specialize=["N", "C", "L"])
-def _channel_stats(mean_ptr, var_ptr, N, C, L, bn_w_ptr, bn_b_ptr, run_mean_ptr, run_var_ptr,
+@triton.jit(do_not_specialize=["N", "C", "CHUNK"])
+def _channel_moments(mean_ptr, var_ptr, part_ptr, N, C, CHUNK, BLOCK_N: tl.constexpr,
+                     BLOCK_C: tl.constexpr):
+    """Step 1's batch statistics of the samples of one chunk (program axis 1), per channel:
+    part[chunk] = (planes k, their mean of m, their mean of v + (m - that mean)^2), float64.
+    The chunks' rows are merged in order by _channel_stats (and travel between processes when
+    the statistics are synchronized)."""
+    cs = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cs < C
+    first = tl.program_id(1) * CHUNK
+    last = tl.minimum(first + CHUNK, N)
+    total = tl.zeros([BLOCK_C], dtype=tl.float64)
+    for n0 in range(first, last, BLOCK_N):
+        mask, idx = _sample_tile(n0, last, C, cs, cmask, BLOCK_N)
+        total += tl.sum(tl.load(mean_ptr + idx, mask=mask, other=0.0), axis=0)
+    k = (last - first).to(tl.float64)
+    chunk_mean = total / k
+    spread = tl.zeros([BLOCK_C], dtype=tl.float64)
+    for n0 in range(first, last, BLOCK_N):
+        mask, idx = _sample_tile(n0, last, C, cs, cmask, BLOCK_N)
+        m = tl.load(mean_ptr + idx, mask=mask, other=0.0)
+        v = tl.load(var_ptr + idx, mask=mask, other=0.0)
+        d = tl.where(mask, m - chunk_mean[None, :], 0.0)
+        spread += tl.sum(v + d * d, axis=0)
+    row = part_ptr + tl.program_id(1).to(tl.int64) * 3 * C + cs
+    tl.store(row, k + tl.zeros([BLOCK_C], dtype=tl.float64), mask=cmask)
+    tl.store(row + C, chunk_mean, mask=cmask)
+    tl.store(row + 2 * C, spread / k, mask=cmask)
+
+
+@triton.jit(do_not_specialize=["ROWS", "C", "L"])
+def _channel_stats(part_ptr, ROWS, C, L, bn_w_ptr, bn_b_ptr, run_mean_ptr, run_var_ptr,
                    scalars_ptr, rate_ptr, a_ptr, b_ptr, mu_ptr, inv_ptr, new_mean_ptr,
                    new_var_ptr, flag_ptr, STEP1: tl.constexpr, UPDATE: tl.constexpr,
-                   BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+                   BLOCK_C: tl.constexpr):
     """Step 1 per channel: the statistics it normalizes with (mu, inv = 1/sqrt(var + eps)), its
-    affine a = gamma_b * inv, b = beta_b - a * mu, and the new running state (not committed)."""
+    affine a = gamma_b * inv, b = beta_b - a * mu, and the new running state (not committed).
+    Batch statistics merge _channel_moments' ROWS rows in order (Chan et al.)."""
     pid = tl.program_id(0)
     cs = pid * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cs < C
@@ -130,32 +202,31 @@ def _channel_stats(mean_ptr, var_ptr, N, C, L, bn_w_ptr, bn_b_ptr, run_mean_ptr,
         mu = run_mean
         var = run_var
     else:
-        total = tl.zeros([BLOCK_C], dtype=tl.float64)
-        for n0 in range(0, N, BLOCK_N):
-            mask, idx = _sample_tile(n0, N, C, cs, cmask, BLOCK_N)
-            total += tl.sum(tl.load(mean_ptr + idx, mask=mask, other=0.0), axis=0)
-        batch_mean = total / N
-        # BATCH: variance around the batch mean; ESTIMATE: around the OLD estimate (Alg. 1)
-        center = batch_mean if STEP1 == 0 else run_mean
-        spread = tl.zeros([BLOCK_C], dtype=tl.float64)
-        for n0 in range(0, N, BLOCK_N):
-            mask, idx = _sample_tile(n0, N, C, cs, cmask, BLOCK_N)
-            m = tl.load(mean_ptr + idx, mask=mask, other=0.0)
-            v = tl.load(var_ptr + idx, mask=mask, other=0.0)
-            d = tl.where(mask, m - center[None, :], 0.0)
-            spread += tl.sum(v + d * d, axis=0)
-        batch_var = spread / N
+        count = tl.zeros([BLOCK_C], dtype=tl.float64)
+        batch_mean = tl.zeros([BLOCK_C], dtype=tl.float64)
+        m2 = tl.zeros([BLOCK_C], dtype=tl.float64)
+        for r in range(0, ROWS):
+            row = part_ptr + r * 3 * C + cs
+            k = tl.load(row, mask=cmask, other=1.0)
+            delta = tl.load(row + C, mask=cmask, other=0.0) - batch_mean
+            merged = count + k
+            batch_mean += delta * (k / merged)
+            m2 += k * tl.load(row + 2 * C, mask=cmask, other=0.0) + delta * delta * (count * k / merged)
+            count = merged
+        batch_var = m2 / count
         if STEP1 == 0:
             momentum = tl.load(scalars_ptr + 1)
-            count = N.to(tl.float64) * L
+            values = count * L
             new_mean = (1.0 - momentum) * run_mean + momentum * batch_mean
-            new_var = (1.0 - momentum) * run_var + momentum * batch_var * (count / (count - 1.0))
+            new_var = (1.0 - momentum) * run_var + momentum * batch_var * (values / (values - 1.0))
             mu = batch_mean
             var = batch_var
         else:
+            # Algorithm 1: the mean square around the OLD estimate
+            around_old = batch_var + (batch_mean - run_mean) * (batch_mean - run_mean)
             rate = tl.load(rate_ptr).to(tl.float64)
             new_mean = run_mean + rate * (batch_mean - run_mean)
-            new_var = run_var + rate * (batch_var - run_var)
+            new_var = run_var + rate * (around_old - run_var)
             mu = new_mean
             var = new_var
         if UPDATE:
@@ -222,7 +293,7 @@ def _group_coefficients(mean_ptr, var_ptr, a_ptr, b_ptr, gn_w_ptr, gn_b_ptr, sca
 
 
 @triton.jit(do_not_specialize=["P"])
-def _apply(x_ptr, dy_ptr, out_ptr, c_x_ptr, c_m_ptr, c_0_ptr, c_dy_ptr, P, C, L,
+def _apply(x_ptr, dy_ptr, out_ptr, c_x_ptr, c_m_ptr, c_0_ptr, c_dy_ptr, P, C, L, CHUNK_L,
            CHANNELS_LAST: tl.constexpr, HAS_DY: tl.constexpr, BLOCK_P: tl.constexpr,
            BLOCK_L: tl.constexpr, COMPUTE: tl.constexpr):
     """out = c_x (x - m~) + c_0 [+ c_dy dy], per plane; forward (y) and backward (dx)."""
@@ -232,9 +303,10 @@ def _apply(x_ptr, dy_ptr, out_ptr, c_x_ptr, c_m_ptr, c_0_ptr, c_dy_ptr, P, C, L,
     c_0 = tl.load(c_0_ptr + planes, mask=pmask, other=0.0)[:, None]
     if HAS_DY:
         c_dy = tl.load(c_dy_ptr + planes, mask=pmask, other=0.0)[:, None]
-    for start in range(0, L, BLOCK_L):
+    first, stop, _, _ = _chunk(L, CHUNK_L)
+    for start in range(first, stop, BLOCK_L):
         offs = start + tl.arange(0, BLOCK_L)
-        mask = pmask[:, None] & (offs < L)[None, :]
+        mask = pmask[:, None] & (offs < stop)[None, :]
         ptrs = base[:, None] + offs.to(tl.int64)[None, :] * step
         x = tl.load(x_ptr + ptrs, mask=mask, other=0.0).to(COMPUTE)
         out = c_x * (x - c_m) + c_0
@@ -244,22 +316,40 @@ def _apply(x_ptr, dy_ptr, out_ptr, c_x_ptr, c_m_ptr, c_0_ptr, c_dy_ptr, P, C, L,
 
 
 @triton.jit(do_not_specialize=["P"])
-def _plane_gradient_sums(x_ptr, dy_ptr, c_m_ptr, s_ptr, t_ptr, P, C, L,
+def _plane_gradient_sums(x_ptr, dy_ptr, c_m_ptr, s_ptr, t_ptr, P, C, L, CHUNK_L,
                          CHANNELS_LAST: tl.constexpr, BLOCK_P: tl.constexpr,
                          BLOCK_L: tl.constexpr, COMPUTE: tl.constexpr):
-    """S = sum dy and T = sum dy (x - m~) over each plane (float64)."""
+    """S = sum dy and T = sum dy (x - m~) over each plane (float64), over this program's chunk
+    of the positions (several chunks: _merge_plane_sums adds their rows)."""
     planes, pmask, base, step = _plane_tile(P, C, L, CHANNELS_LAST, BLOCK_P)
+    first, stop, chunks, chunk = _chunk(L, CHUNK_L)
     c_m = tl.load(c_m_ptr + planes, mask=pmask, other=0.0)[:, None]
     s = tl.zeros([BLOCK_P], dtype=tl.float64)
     t = tl.zeros([BLOCK_P], dtype=tl.float64)
-    for start in range(0, L, BLOCK_L):
+    for start in range(first, stop, BLOCK_L):
         offs = start + tl.arange(0, BLOCK_L)
-        mask = pmask[:, None] & (offs < L)[None, :]
+        mask = pmask[:, None] & (offs < stop)[None, :]
         ptrs = base[:, None] + offs.to(tl.int64)[None, :] * step
         x = tl.load(x_ptr + ptrs, mask=mask, other=0.0).to(COMPUTE)
         dy = tl.load(dy_ptr + ptrs, mask=mask, other=0.0).to(COMPUTE)
         s += tl.sum(dy, axis=1).to(tl.float64)
         t += tl.sum(dy * tl.where(mask, x - c_m, 0.0), axis=1).to(tl.float64)
+    rows = planes.to(tl.int64) * chunks + chunk
+    tl.store(s_ptr + rows, s, mask=pmask)
+    tl.store(t_ptr + rows, t, mask=pmask)
+
+
+@triton.jit(do_not_specialize=["P", "CHUNKS"])
+def _merge_plane_sums(part_s_ptr, part_t_ptr, s_ptr, t_ptr, P, CHUNKS, BLOCK_P: tl.constexpr):
+    """S[p], T[p]: the CHUNKS rows of each plane added in order."""
+    planes = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    pmask = planes < P
+    s = tl.zeros([BLOCK_P], dtype=tl.float64)
+    t = tl.zeros([BLOCK_P], dtype=tl.float64)
+    for j in range(0, CHUNKS):
+        rows = planes.to(tl.int64) * CHUNKS + j
+        s += tl.load(part_s_ptr + rows, mask=pmask, other=0.0)
+        t += tl.load(part_t_ptr + rows, mask=pmask, other=0.0)
     tl.store(s_ptr + planes, s, mask=pmask)
     tl.store(t_ptr + planes, t, mask=pmask)
 
@@ -306,35 +396,76 @@ def _group_gradients(s_ptr, t_ptr, mean_ptr, var_ptr, c_m_ptr, a_ptr, b_ptr, gn_
         tl.store(dbeta_ptr + pid, tl.sum(s, axis=0))
 
 
-@triton.jit(do_not_specialize=["N", "C", "L"])
-def _channel_gradients(p_ptr, q_ptr, mean_ptr, c_m_ptr, c_dy_ptr, c_x_ptr, c_0_ptr, a_ptr,
-                       mu_ptr, inv_ptr, k_dy_ptr, k_x_ptr, k_0_ptr, dbn_w_ptr, dbn_b_ptr, N, C, L,
-                       STEP1: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Step 1's backward per channel. Estimates and fixed statistics are constants: dx = a dx1.
-    Batch statistics add BatchNorm's terms: dx = a (dx1 - mean(dx1) - x^ mean(dx1 x^)).
-    Writes the final per-plane coefficients of dx (around m~, float32) and gamma_b's and
-    beta_b's gradients."""
+@triton.jit(do_not_specialize=["N", "C", "CHUNK"])
+def _channel_gradient_sums(p_ptr, q_ptr, mean_ptr, mu_ptr, part_ptr, N, C, CHUNK,
+                           BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+    """The sums step 1's backward needs over the samples of one chunk (program axis 1), per
+    channel: part[chunk] = (planes, sum dx1, sum dx1 (x - mu)), float64."""
     cs = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cs < C
-    a = tl.load(a_ptr + cs, mask=cmask, other=0.0)
     mu = tl.load(mu_ptr + cs, mask=cmask, other=0.0)
-    inv = tl.load(inv_ptr + cs, mask=cmask, other=0.0)
+    first = tl.program_id(1) * CHUNK
+    last = tl.minimum(first + CHUNK, N)
     sum_p = tl.zeros([BLOCK_C], dtype=tl.float64)
     sum_pq = tl.zeros([BLOCK_C], dtype=tl.float64)
-    for n0 in range(0, N, BLOCK_N):
-        mask, idx = _sample_tile(n0, N, C, cs, cmask, BLOCK_N)
+    for n0 in range(first, last, BLOCK_N):
+        mask, idx = _sample_tile(n0, last, C, cs, cmask, BLOCK_N)
         p = tl.load(p_ptr + idx, mask=mask, other=0.0)
         q = tl.load(q_ptr + idx, mask=mask, other=0.0)
         m = tl.load(mean_ptr + idx, mask=mask, other=0.0)
         sum_p += tl.sum(p, axis=0)
         sum_pq += tl.sum(q + (m - mu[None, :]) * p, axis=0)   # sum dx1 (x - mu)
-    tl.store(dbn_b_ptr + cs, sum_p.to(dbn_b_ptr.dtype.element_ty), mask=cmask)
-    tl.store(dbn_w_ptr + cs, (sum_pq * inv).to(dbn_w_ptr.dtype.element_ty), mask=cmask)
-    count = N.to(tl.float64) * L
-    k1 = sum_p / count
-    k2 = sum_pq * inv / count                                     # mean(dx1 x^)
-    for n0 in range(0, N, BLOCK_N):
-        mask, idx = _sample_tile(n0, N, C, cs, cmask, BLOCK_N)
+    row = part_ptr + tl.program_id(1).to(tl.int64) * 3 * C + cs
+    tl.store(row, (last - first).to(tl.float64) + tl.zeros([BLOCK_C], dtype=tl.float64), mask=cmask)
+    tl.store(row + C, sum_p, mask=cmask)
+    tl.store(row + 2 * C, sum_pq, mask=cmask)
+
+
+@triton.jit
+def _sum_rows(part_ptr, first, stop, C, cs, cmask, BLOCK_C: tl.constexpr):
+    """(planes, sum dx1, sum dx1 (x - mu)) of rows first .. stop of _channel_gradient_sums'
+    output, added in order."""
+    count = tl.zeros([BLOCK_C], dtype=tl.float64)
+    sum_p = tl.zeros([BLOCK_C], dtype=tl.float64)
+    sum_pq = tl.zeros([BLOCK_C], dtype=tl.float64)
+    for r in range(first, stop):
+        row = part_ptr + r * 3 * C + cs
+        count += tl.load(row, mask=cmask, other=0.0)
+        sum_p += tl.load(row + C, mask=cmask, other=0.0)
+        sum_pq += tl.load(row + 2 * C, mask=cmask, other=0.0)
+    return count, sum_p, sum_pq
+
+
+@triton.jit(do_not_specialize=["N", "C", "L", "CHUNK", "ROWS", "LOCAL_FIRST", "LOCAL_ROWS"])
+def _channel_gradients(part_ptr, ROWS, LOCAL_FIRST, LOCAL_ROWS, mean_ptr, c_m_ptr, c_dy_ptr,
+                       c_x_ptr, c_0_ptr, a_ptr, mu_ptr, inv_ptr, k_dy_ptr, k_x_ptr, k_0_ptr,
+                       dbn_w_ptr, dbn_b_ptr, N, C, L, CHUNK, STEP1: tl.constexpr,
+                       BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Step 1's backward per channel, for the samples of one chunk (program axis 1). Estimates
+    and fixed statistics are constants: dx = a dx1. Batch statistics add BatchNorm's terms:
+    dx = a (dx1 - mean(dx1) - x^ mean(dx1 x^)), the means over every sample whose statistics
+    step 1 took (all ROWS rows: every process's when they are synchronized). Writes the final
+    per-plane coefficients of dx (around m~, float32); chunk 0 writes gamma_b's and beta_b's
+    gradients, from this process's rows (LOCAL_FIRST .. + LOCAL_ROWS)."""
+    cs = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cs < C
+    a = tl.load(a_ptr + cs, mask=cmask, other=0.0)
+    mu = tl.load(mu_ptr + cs, mask=cmask, other=0.0)
+    inv = tl.load(inv_ptr + cs, mask=cmask, other=0.0)
+    if tl.program_id(1) == 0:
+        _, local_p, local_pq = _sum_rows(part_ptr, LOCAL_FIRST, LOCAL_FIRST + LOCAL_ROWS, C, cs,
+                                         cmask, BLOCK_C)
+        tl.store(dbn_b_ptr + cs, local_p.to(dbn_b_ptr.dtype.element_ty), mask=cmask)
+        tl.store(dbn_w_ptr + cs, (local_pq * inv).to(dbn_w_ptr.dtype.element_ty), mask=cmask)
+    if STEP1 == 0:
+        planes, sum_p, sum_pq = _sum_rows(part_ptr, 0, ROWS, C, cs, cmask, BLOCK_C)
+        count = planes * L
+        k1 = sum_p / count
+        k2 = sum_pq * inv / count                                     # mean(dx1 x^)
+    first = tl.program_id(1) * CHUNK
+    last = tl.minimum(first + CHUNK, N)
+    for n0 in range(first, last, BLOCK_N):
+        mask, idx = _sample_tile(n0, last, C, cs, cmask, BLOCK_N)
         m = tl.load(mean_ptr + idx, mask=mask, other=0.0)
         c_dy = tl.load(c_dy_ptr + idx, mask=mask, other=0.0)
         c_x = tl.load(c_x_ptr + idx, mask=mask, other=0.0)
@@ -358,7 +489,8 @@ def _layout(x: torch.Tensor):
 
 
 def plane_launch(n: int, c: int, length: int, channels_last: bool, compute_dtype: torch.dtype):
-    """(tile sizes and warps, grid) of the passes over the map (moments, gradient sums, apply).
+    """(tile sizes, positions per chunk (CHUNK_L) and warps, grid) of the passes over the map
+    (moments, gradient sums, apply).
 
     The rule: a tile holds ``_TILE`` elements (half that when the arithmetic is float64) and
     gets one warp per 256 of them, at most 8: 8 values per thread, with the per-plane float64
@@ -367,6 +499,11 @@ def plane_launch(n: int, c: int, length: int, channels_last: bool, compute_dtype
     step along longer ones; the fastest axis is the plane, contiguous in memory. channels_last
     tiles take up to 64 consecutive channels of one sample, so neighbouring threads read
     neighbouring channels -- the contiguous axis there -- and step along the plane.
+
+    Where that gives fewer than PROGRAMS programs (one image: a 64-channel stem is 64 planes, or
+    a single channels_last tile), the positions are cut into chunks of whole tile steps (grid
+    axis 1) until there are PROGRAMS programs; the chunks' partial moments and sums are merged
+    in a fixed order by a small kernel (deterministic, no atomics).
     """
     tile = _TILE // 2 if compute_dtype == torch.float64 else _TILE
     planes = n * c
@@ -379,16 +516,29 @@ def plane_launch(n: int, c: int, length: int, channels_last: bool, compute_dtype
         block_p = max(1, min(triton.next_power_of_2(planes), tile // block_l))
         grid = (triton.cdiv(planes, block_p),)
     warps = max(1, min(8, block_p * block_l // 256))
-    return dict(BLOCK_P=block_p, BLOCK_L=block_l, CHANNELS_LAST=channels_last,
-                num_warps=warps), grid
+    steps = triton.cdiv(length, block_l)
+    chunks = max(1, min(steps, triton.cdiv(PROGRAMS, grid[0])))
+    chunk_l = max(1, steps // chunks) * block_l  # rounded down: at least ``chunks`` chunks
+    return (dict(CHUNK_L=chunk_l, BLOCK_P=block_p, BLOCK_L=block_l, CHANNELS_LAST=channels_last,
+                 num_warps=warps), (grid[0], triton.cdiv(length, chunk_l)))
 
 
-def channel_launch(n: int, c: int):
-    """(tile sizes and warps, grid) of the per-channel kernels, which read per-plane float64
-    values: 32 channels a program (coalesced 256-byte rows), up to 16 samples a step."""
+MERGE_BLOCK = 128  # planes per program of the merge kernels
+
+
+def channel_launch(n: int, c: int, split: bool = True):
+    """(tile sizes and warps, samples per chunk, grid) of the per-channel kernels, which read
+    per-plane float64 values: 32 channels a program (coalesced 256-byte rows), up to 16 samples
+    a step. The samples are cut into chunks (grid axis 1) until there are PROGRAMS programs or
+    one step per program; the chunks' sums are merged in a fixed order (deterministic). Not
+    ``split``: one chunk (one row of sums per process, when they are synchronized)."""
     block_c = min(triton.next_power_of_2(c), 32)
     block_n = max(1, min(triton.next_power_of_2(n), 16))
-    return dict(BLOCK_N=block_n, BLOCK_C=block_c, num_warps=4), (triton.cdiv(c, block_c),)
+    channel_blocks = triton.cdiv(c, block_c)
+    chunks = max(1, min(triton.cdiv(n, block_n), triton.cdiv(PROGRAMS, channel_blocks))) if split else 1
+    chunk = max(1, triton.cdiv(n, block_n) // chunks) * block_n  # at least ``chunks`` chunks
+    return (dict(BLOCK_N=block_n, BLOCK_C=block_c, num_warps=4), chunk,
+            (channel_blocks, triton.cdiv(n, chunk)))
 
 
 def group_launch(groups_d: int):
@@ -434,23 +584,40 @@ class Saved(NamedTuple):
 
 
 def forward(x, groups, bn_weight, bn_bias, gn_weight, gn_bias, running_mean, running_var,
-            num_batches_tracked, skipped_updates, step1, update, rate, scalars, traceable=False):
+            num_batches_tracked, skipped_updates, step1, update, rate, scalars, traceable=False,
+            gather=None):
     """(y, Saved). gn_weight / gn_bias: (1, G, 1) per group or (C,) per channel; step1: BATCH,
     ESTIMATE or FIXED; scalars: float64 (bn_eps, momentum, gn_eps) on x's device; rate: the
     estimate rate (a one-element tensor on x's device). ``update`` (BATCH, ESTIMATE): move the
-    running state, committed last, after every other kernel has run."""
+    running state, committed last, after every other kernel has run. ``gather`` (BATCH
+    synchronized across processes): rows -> every process's rows concatenated in rank order,
+    one collective (the per-channel sums of step 1's statistics)."""
     run = _launcher(traceable)
     x, channels_last = _layout(x)
     n, c, length, planes, d, compute, coef_dtype, tiles, grid = _geometry(x, groups, channels_last)
     f64 = dict(dtype=torch.float64, device=x.device)
     mean, var = torch.empty(planes, **f64), torch.empty(planes, **f64)
-    run(_plane_moments)[grid](x, mean, var, planes, c, length, COMPUTE=compute, **tiles)
+    if grid[1] == 1:
+        run(_plane_moments)[grid](x, mean, var, planes, c, length, COMPUTE=compute, **tiles)
+    else:
+        part_mean, part_var = torch.empty(planes * grid[1], **f64), torch.empty(planes * grid[1], **f64)
+        run(_plane_moments)[grid](x, part_mean, part_var, planes, c, length, COMPUTE=compute, **tiles)
+        run(_merge_plane_moments)[(triton.cdiv(planes, MERGE_BLOCK),)](
+            part_mean, part_var, mean, var, planes, length, tiles["CHUNK_L"], grid[1],
+            BLOCK_P=MERGE_BLOCK, num_warps=4)
     a, b, mu, inv, new_mean, new_var = (torch.empty(c, **f64) for _ in range(6))
-    ctiles, cgrid = channel_launch(n, c)
+    ctiles, chunk, cgrid = channel_launch(n, c, split=gather is None)
+    rows = cgrid[1] if step1 != FIXED else 0
+    part = torch.empty(rows, 3, c, **f64)
+    if rows:
+        run(_channel_moments)[cgrid](mean, var, part, n, c, chunk, **ctiles)
+    if gather is not None:
+        part = gather(part)  # every process's rows, in rank order
     flags = torch.empty(cgrid[0], dtype=torch.int32, device=x.device)  # each program writes its own
-    run(_channel_stats)[cgrid](mean, var, n, c, length, bn_weight, bn_bias, running_mean, running_var,
-                               scalars, rate, a, b, mu, inv, new_mean, new_var, flags, STEP1=step1,
-                               UPDATE=update, **ctiles)
+    run(_channel_stats)[cgrid[:1]](part, part.shape[0], c, length, bn_weight, bn_bias, running_mean,
+                                   running_var, scalars, rate, a, b, mu, inv, new_mean, new_var,
+                                   flags, STEP1=step1, UPDATE=update, BLOCK_C=ctiles["BLOCK_C"],
+                                   num_warps=ctiles["num_warps"])
     coef_a = torch.empty(planes, dtype=coef_dtype, device=x.device)
     coef_m, coef_k = torch.empty_like(coef_a), torch.empty_like(coef_a)
     mu_g, rstd_g = torch.empty(n * groups, **f64), torch.empty(n * groups, **f64)
@@ -469,9 +636,10 @@ def forward(x, groups, bn_weight, bn_bias, gn_weight, gn_bias, running_mean, run
     return y, Saved(x, mean, var, coef_m, a, b, mu, inv, mu_g, rstd_g)
 
 
-def backward(dy, groups, gn_weight, saved, step1, traceable=False):
+def backward(dy, groups, gn_weight, saved, step1, traceable=False, gather=None):
     """(dx, d bn_weight, d bn_bias, d gn_weight, d gn_bias); parameter gradients in the
-    parameters' dtype (gn_weight's), gn's flat ((G,) or (C,))."""
+    parameters' dtype (gn_weight's), gn's flat ((G,) or (C,)). ``gather``: as in forward, for
+    the sums of BatchNorm's backward (the parameters' gradients stay this process's own)."""
     run = _launcher(traceable)
     x, mean, var, coef_m, a, b, mu, inv, mu_g, rstd_g = saved
     x, channels_last = _layout(x)
@@ -479,7 +647,14 @@ def backward(dy, groups, gn_weight, saved, step1, traceable=False):
     n, c, length, planes, d, compute, coef_dtype, tiles, grid = _geometry(x, groups, channels_last)
     f64 = dict(dtype=torch.float64, device=x.device)
     s, t = torch.empty(planes, **f64), torch.empty(planes, **f64)
-    run(_plane_gradient_sums)[grid](x, dy, coef_m, s, t, planes, c, length, COMPUTE=compute, **tiles)
+    if grid[1] == 1:
+        run(_plane_gradient_sums)[grid](x, dy, coef_m, s, t, planes, c, length, COMPUTE=compute, **tiles)
+    else:
+        part_s, part_t = torch.empty(planes * grid[1], **f64), torch.empty(planes * grid[1], **f64)
+        run(_plane_gradient_sums)[grid](x, dy, coef_m, part_s, part_t, planes, c, length,
+                                        COMPUTE=compute, **tiles)
+        run(_merge_plane_sums)[(triton.cdiv(planes, MERGE_BLOCK),)](
+            part_s, part_t, s, t, planes, grid[1], BLOCK_P=MERGE_BLOCK, num_warps=4)
     c_dy, c_x, c_0, p, q = (torch.empty(planes, **f64) for _ in range(5))
     per_channel = gn_weight.dim() == 1
     shares = planes if per_channel else n * groups
@@ -491,9 +666,15 @@ def backward(dy, groups, gn_weight, saved, step1, traceable=False):
     k_x, k_0 = torch.empty_like(k_dy), torch.empty_like(k_dy)
     # the parameters' gradients written in their dtype by the kernels: no cast afterwards
     dbn_w, dbn_b = torch.empty(c, dtype=gn_weight.dtype, device=x.device), torch.empty(c, dtype=gn_weight.dtype, device=x.device)
-    ctiles, cgrid = channel_launch(n, c)
-    run(_channel_gradients)[cgrid](p, q, mean, coef_m, c_dy, c_x, c_0, a, mu, inv, k_dy, k_x, k_0,
-                                   dbn_w, dbn_b, n, c, length, STEP1=step1, **ctiles)
+    ctiles, chunk, cgrid = channel_launch(n, c, split=gather is None)
+    part = torch.empty(cgrid[1], 3, c, **f64)
+    run(_channel_gradient_sums)[cgrid](p, q, mean, mu, part, n, c, chunk, **ctiles)
+    local_first, local_rows = 0, cgrid[1]
+    if gather is not None:  # one row per process
+        part, local_first = gather(part), gather.rank
+    run(_channel_gradients)[cgrid](part, part.shape[0], local_first, local_rows, mean, coef_m, c_dy,
+                                   c_x, c_0, a, mu, inv, k_dy, k_x, k_0, dbn_w, dbn_b, n, c, length,
+                                   chunk, STEP1=step1, **ctiles)
     dx = torch.empty_like(x)
     run(_apply)[grid](x, dy, dx, k_x, coef_m, k_0, k_dy, planes, c, length, HAS_DY=True,
                       COMPUTE=compute, **tiles)

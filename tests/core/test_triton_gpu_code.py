@@ -31,15 +31,37 @@ def test_every_quick_variant_compiles_for_sm80_and_sm90_without_spills(tmp_path)
     assert "0 failed, 0 spilled" in out
     rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| sm_")]
     kernels = {row[1] for row in rows}
-    assert {"_plane_moments", "_apply", "_plane_gradient_sums", "_channel_stats",
-            "_group_coefficients", "_group_gradients", "_channel_gradients",
-            "_commit_running_state"} <= kernels
+    assert {"_plane_moments", "_apply", "_plane_gradient_sums", "_channel_moments", "_channel_stats",
+            "_group_coefficients", "_group_gradients", "_channel_gradient_sums", "_channel_gradients",
+            "_commit_running_state", "_merge_plane_moments", "_merge_plane_sums"} <= kernels
     assert any("PER_CHANNEL_AFFINE=True" in row[2] for row in rows)   # per-channel affine compiles
     # the map is read and written 128 bits at a time on a detection map, in both layouts
     for row in rows:
         if row[1] in ("_plane_moments", "_apply", "_plane_gradient_sums") and "(2, 256, 100, 168)" in row[10]:
             width = 2 if "float64" in row[10] else 4
             assert row[8] == f"v{width}", row
+
+
+# the shapes users train on (issue 26): detection maps, one-image stems, res5, ROI batches,
+# DeepLabV3's maps and its image-pooling branch
+SHAPES = [(2, 256, 200, 336), (2, 256, 100, 168), (1, 64, 400, 672), (1, 2048, 25, 42),
+          (512, 256, 7, 7), (128, 256, 14, 14), (4, 512, 65, 65), (4, 2048, 33, 33), (4, 256, 1, 1)]
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_every_pass_has_enough_parallel_work(shape, channels_last):
+    """Each pass over the map, and each per-channel pass, launches at least PROGRAMS programs
+    (two per H100 SM) unless every program already does a single step."""
+    from bcn.kernels import triton_kernels as tk
+
+    n, c, h, w = shape
+    tiles, grid = tk.plane_launch(n, c, h * w, channels_last, torch.float32)
+    steps_per_program = tiles["CHUNK_L"] // tiles["BLOCK_L"]
+    assert grid[0] * grid[1] >= tk.PROGRAMS or steps_per_program == 1, (tiles, grid)
+    assert grid[1] == 1 or tiles["CHUNK_L"] % tiles["BLOCK_L"] == 0
+    ctiles, chunk, cgrid = tk.channel_launch(n, c)
+    assert cgrid[0] * cgrid[1] >= tk.PROGRAMS or chunk <= ctiles["BLOCK_N"], (ctiles, chunk, cgrid)
 
 
 class Traffic:
