@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 
 from .. import functional as BF
-from . import dispatch, status
+from . import cpu, dispatch, status
 from .arguments import STEP1_KINDS, Params, RunningState, Step1
 from .dispatch import IMPLS, requested
 from .status import KernelUnavailableWarning, served_implementations
@@ -55,13 +55,13 @@ def batch_channel_norm(x: torch.Tensor, groups: int, params: Params, state: Runn
             return y
         chosen = "reference"
     status.record_served(chosen)
-    run = functools.partial(_cpu, groups=groups, params=params, state=state, step1=step1,
-                            eps=eps) if chosen == "cpu" else reference
     if not torch.is_autocast_enabled(x.device.type):
-        return run(x)
+        return _cpu(x, groups, params, state, step1, eps) if chosen == "cpu" else reference(x)
     # Statistics in float32 under mixed precision; the result goes back to the input dtype.
     with torch.autocast(x.device.type, enabled=False):
-        return run(x.float()).to(x.dtype)
+        wide = x.float()
+        y = _cpu(wide, groups, params, state, step1, eps) if chosen == "cpu" else reference(wide)
+    return y.to(x.dtype)
 
 
 def standardize_weight(weight: torch.Tensor, eps: float = 1e-5, form: str = "eps_in_sqrt") -> torch.Tensor:
@@ -73,8 +73,6 @@ def standardize_weight(weight: torch.Tensor, eps: float = 1e-5, form: str = "eps
             from . import ops
 
             return ops.standardize_weight_forward(weight, eps)[0]
-        from . import cpu
-
         return cpu.extension().standardize_weight(weight, eps)  # an autograd node in C++
     return BF.standardize_weight(weight, eps, form)
 
@@ -84,7 +82,7 @@ def _cpu(x, groups: int, params: Params, state: RunningState, step1: Step1, eps:
     BatchNorm's momentum and unbiased variance for "batch", Algorithm 1 for "estimate" --
     guarded against non-finite batches the same way."""
     inference = step1.kind == "fixed" and not _needs_grad(x, params)
-    if state.num_batches_tracked is None:  # a frozen layer's: never written
+    if not inference and state.num_batches_tracked is None:  # a frozen layer's: never written
         counter = torch.zeros((), dtype=torch.long)
         state = state._replace(num_batches_tracked=counter, skipped_updates=counter)
     if torch.compiler.is_compiling():  # the same kernels as operators a graph can keep
@@ -101,8 +99,6 @@ def _cpu(x, groups: int, params: Params, state: RunningState, step1: Step1, eps:
         if step1.update:
             _commit(state, new_state)
         return y
-    from . import cpu
-
     if inference:
         return cpu.inference(x, groups, params, state, eps)
     return cpu.train(x, groups, params, state, step1, eps)

@@ -67,21 +67,24 @@ def requested(impl: str) -> str:
 
 def implementation(impl: str, x: torch.Tensor, step1: Step1, param_dtype: torch.dtype) -> str:
     """"cpu", "triton" or "reference" for this call (the module docstring's table)."""
-    if torch.jit.is_tracing() or impl == "reference" or x.shape[0] == 0:
+    if impl == "reference" or torch.jit.is_tracing() or x.shape[0] == 0:
         return "reference"
-    synchronized = step1.kind == "batch" and step1.synchronized
-    if step1.kind == "batch" and step1.momentum is None:
-        return "reference"
-    if synchronized and torch.compiler.is_compiling():
-        return "reference"
-    device = x.device.type
-    dtype = torch.float32 if device == "cpu" and torch.is_autocast_enabled("cpu") else x.dtype
-    if device == "cpu" and impl in ("auto", "cpu") and not synchronized:
-        if dtype in CPU_DTYPES and param_dtype == dtype and cpu_ready():
-            return "cpu"
-        return "reference"
-    if (impl == "triton" or (impl == "auto" and device == "cuda")) and dtype in TRITON_DTYPES:
-        if triton_ready(x.device, x.dtype):
+    synchronized = False
+    if step1.kind == "batch":
+        if step1.momentum is None:
+            return "reference"
+        if step1.synchronized:
+            if torch.compiler.is_compiling():
+                return "reference"
+            synchronized = True
+    device = x.device
+    if device.type == "cpu" and impl != "triton":
+        if synchronized:
+            return "reference"
+        dtype = torch.float32 if torch.is_autocast_enabled("cpu") else x.dtype
+        return "cpu" if dtype in CPU_DTYPES and param_dtype == dtype and cpu_ready() else "reference"
+    if (impl == "triton" or (impl == "auto" and device.type == "cuda")) and x.dtype in TRITON_DTYPES:
+        if triton_ready(device, x.dtype):
             return "triton"
     return "reference"
 
