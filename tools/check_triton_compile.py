@@ -130,8 +130,9 @@ def check(shapes, dtypes, layouts, steps, affines, targets, log=print):
                                 f"{step} {'channel' if per_channel else 'group'}")
                         for kernel, grid, args, kwargs in recorded_launches(
                                 shape, dtype, channels_last, step, per_channel):
-                            variants.setdefault((kernel, repr_key(args, kwargs)), [kernel, args, kwargs, [], 0])
-                            entry = variants[(kernel, repr_key(args, kwargs))]
+                            key = (kernel, repr_key(kernel, args, kwargs))
+                            variants.setdefault(key, [kernel, args, kwargs, [], 0])
+                            entry = variants[key]
                             entry[3].append(case)
                             entry[4] = max(entry[4], math.prod(grid))
     rows = []
@@ -140,7 +141,7 @@ def check(shapes, dtypes, layouts, steps, affines, targets, log=print):
         backend = make_backend(target)
         for kernel, args, kwargs, cases, programs in variants.values():
             row = dict(arch=arch, kernel=kernel.__name__, cases=cases, programs=programs,
-                       constexprs={k: v for k, v in kwargs.items() if k != "num_warps"},
+                       constexprs={k: v for k, v in kwargs.items() if k in constexpr_names(kernel)},
                        warps=kwargs.get("num_warps", 4))
             start = time.time()
             try:
@@ -159,16 +160,22 @@ def check(shapes, dtypes, layouts, steps, affines, targets, log=print):
     return rows
 
 
-def repr_key(args, kwargs):
+def constexpr_names(kernel):
+    return {p.name for p in kernel.params if p.is_constexpr}
+
+
+def repr_key(kernel, args, kwargs):
     """What makes two launches the same compiled variant: tensor dtypes, integers' Triton
-    specialization class, the constexprs and options."""
+    specialization class (runtime arguments passed by name too), the constexprs and options."""
     def one(a):
         if isinstance(a, torch.Tensor):
             return str(a.dtype)
         if isinstance(a, bool) or not isinstance(a, int):
             return repr(a)
         return "1" if a == 1 else ("16k" if a % 16 == 0 else "i")
-    return tuple(map(one, args)), tuple(sorted((k, repr(v)) for k, v in kwargs.items()))
+    named = constexpr_names(kernel) | {"num_warps", "num_stages"}
+    return tuple(map(one, args)), tuple(sorted((k, repr(v) if k in named else one(v))
+                                               for k, v in kwargs.items()))
 
 
 def format_row(row):

@@ -164,7 +164,7 @@ def accuracy(s):
             s.row(str(dtype)[6:], "first-use check", "all", _error(exc), "FAILED")
         s.row(str(dtype)[6:], "synchronized batch part (sync_batch=True)", "batch", "-",
               "Triton kernels, sums all-gathered between the passes: checked in CI with two gloo "
-              "processes on CPU (tests/core/test_sync_batch.py), not here")
+              "processes on CPU tensors (tests/core/test_sync_batch.py), not on this GPU")
         for shape, groups, modes, channels_last, per_channel in (REHEARSAL_CASES if s.rehearse else CASES):
             case = "x".join(map(str, shape)) + (" channels_last" if channels_last else "") + (
                 " per-channel affine" if per_channel else "")

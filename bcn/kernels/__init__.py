@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 
 from .. import functional as BF
-from . import cpu, dispatch, status
+from . import cpu, dispatch, status, sync
 from .arguments import STEP1_KINDS, Params, RunningState, Step1
 from .dispatch import IMPLS, requested
 from .status import KernelUnavailableWarning, served_implementations
@@ -101,6 +101,9 @@ def _cpu(x, groups: int, params: Params, state: RunningState, step1: Step1, eps:
         return y
     if inference:
         return cpu.inference(x, groups, params, state, eps)
+    gather = sync.gather_for(step1)
+    if gather is not None:
+        return cpu.train_synchronized(x, groups, params, state, step1, eps, gather)
     return cpu.train(x, groups, params, state, step1, eps)
 
 

@@ -36,6 +36,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from . import sync
 from .arguments import Params, RunningState, Step1
 from .status import KernelUnavailableWarning
 
@@ -156,6 +157,44 @@ def train(x: Tensor, groups: int, params: Params, state: RunningState, step1: St
     skipped_updates."""
     return extension().train(x, groups, *params, *state, step1.code, step1.update,
                              host_rate(step1), eps)
+
+
+def train_synchronized(x: Tensor, groups: int, params: Params, state: RunningState,
+                       step1: Step1, eps: float, gather: "sync.RowGather") -> Tensor:
+    """BCN with step 1's batch statistics over every process's batch (sync_batch=True): the
+    planes' moments, one all-gather of per-channel rows, the training kernel with those
+    statistics; backward likewise with BatchNorm's sums."""
+    return SynchronizedBatchChannelNorm.apply(x, groups, *params, state, step1, eps, gather)
+
+
+class SynchronizedBatchChannelNorm(torch.autograd.Function):
+    """train_synchronized's autograd node: two passes over the map each way, as GroupNorm's,
+    with the collective between them. The parameters' gradients are this process's own (as
+    SyncBatchNorm's); the input's take every process's batch into account."""
+
+    @staticmethod
+    def forward(ctx, x, groups, bn_weight, bn_bias, gn_weight, gn_bias, state, step1, eps, gather):
+        kernels = extension()
+        x = x.contiguous()
+        stats, planes = sync.merge_moment_rows(gather(sync.moment_rows(*kernels.plane_moments(x))))
+        values = int(planes[0]) * x.shape[2] * x.shape[3]
+        y, plane_mean, plane_var, mean, var = kernels.train_forward_given(
+            x, groups, bn_weight, bn_bias, gn_weight, gn_bias, *state, step1.update, step1.momentum,
+            eps, stats, values)
+        ctx.save_for_backward(x, bn_weight, bn_bias, gn_weight, plane_mean, plane_var, mean, var)
+        ctx.groups, ctx.eps, ctx.gather, ctx.values = groups, eps, gather, values
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        kernels = extension()
+        saved = ctx.saved_tensors
+        dy = dy.contiguous()
+        local = kernels.train_backward_sums(dy, saved[0], ctx.groups, *saved[1:], ctx.eps)
+        every = ctx.gather(local[None]).sum(0)
+        dx, *param_grads = kernels.train_backward_given(dy, saved[0], ctx.groups, *saved[1:],
+                                                        ctx.eps, every, float(ctx.values))
+        return (dx, None, *param_grads, None, None, None, None)
 
 
 def inference(x: Tensor, groups: int, params: Params, state: RunningState, eps: float) -> Tensor:

@@ -20,8 +20,7 @@ statistics are taken in float32 and the CPU path converts the map):
     | impl "reference"; or step 1 moves its running statistics by a    | reference |
     |   cumulative average (BatchNorm's momentum=None); or it takes    |           |
     |   batch statistics synchronized across processes (sync_batch)   |           |
-    |   while dynamo records a graph, or on the CPU with impl "auto"  |           |
-    |   or "cpu"                                                       |           |
+    |   while dynamo records a graph                                   |           |
     | CPU tensor, impl "auto"/"cpu", float32/float64, the parameters   | cpu       |
     |   in the map's dtype, the C++ kernels built                      |           |
     | CUDA tensor with impl "auto"/"triton", or a CPU tensor with      | triton    |
@@ -69,18 +68,13 @@ def implementation(impl: str, x: torch.Tensor, step1: Step1, param_dtype: torch.
     """"cpu", "triton" or "reference" for this call (the module docstring's table)."""
     if impl == "reference" or torch.jit.is_tracing() or x.shape[0] == 0:
         return "reference"
-    synchronized = False
     if step1.kind == "batch":
         if step1.momentum is None:
             return "reference"
-        if step1.synchronized:
-            if torch.compiler.is_compiling():
-                return "reference"
-            synchronized = True
+        if step1.synchronized and torch.compiler.is_compiling():
+            return "reference"
     device = x.device
     if device.type == "cpu" and impl != "triton":
-        if synchronized:
-            return "reference"
         dtype = torch.float32 if torch.is_autocast_enabled("cpu") else x.dtype
         return "cpu" if dtype in CPU_DTYPES and param_dtype == dtype and cpu_ready() else "reference"
     if (impl == "triton" or (impl == "auto" and device.type == "cuda")) and x.dtype in TRITON_DTYPES:

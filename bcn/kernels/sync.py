@@ -1,7 +1,7 @@
 """Step 1's batch statistics over every process's batch (``sync_batch=True``), as SyncBatchNorm
 takes them: the kernels' per-channel sums travel between the passes, one all-gather per
 direction, and every process merges the same rows in the same (rank) order."""
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -32,3 +32,25 @@ def gather_for(step1: Step1) -> Optional[RowGather]:
         return None
     group = step1.process_group or dist.group.WORLD
     return RowGather(group) if dist.get_world_size(group) > 1 else None
+
+
+def moment_rows(plane_mean: torch.Tensor, plane_var: torch.Tensor) -> torch.Tensor:
+    """This process's row (1, 3, C) from its planes' means and variances (N, C), float64: the
+    planes, their mean of m, and their mean of v + (m - that mean)^2 -- what the Triton kernels'
+    _channel_moments writes."""
+    mean = plane_mean.mean(0)
+    spread = (plane_var + (plane_mean - mean) ** 2).mean(0)
+    return torch.stack([torch.full_like(mean, plane_mean.shape[0]), mean, spread])[None]
+
+
+def merge_moment_rows(rows: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Step 1's batch statistics from every process's row, merged in order (Chan et al.):
+    (2, C) float64 mean and biased variance, and the planes they cover (C,)."""
+    count, mean, m2 = rows[0, 0], rows[0, 1], rows[0, 0] * rows[0, 2]
+    for k, row_mean, spread in rows[1:]:
+        delta = row_mean - mean
+        merged = count + k
+        mean = mean + delta * (k / merged)
+        m2 = m2 + k * spread + delta * delta * (count * k / merged)
+        count = merged
+    return torch.stack([mean, m2 / count]), count

@@ -86,7 +86,7 @@ def worker(rank, init_file, impl, dtype, errors):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("kernels", ["triton"])
+@pytest.mark.parametrize("kernels", ["cpu", "triton"])
 def test_synchronized_batch_statistics_in_the_kernels(tmp_path, kernels, dtype):
     """(each process asserts that the kernels served its call: the suite's served-implementation
     check sees only this process)"""

@@ -160,9 +160,9 @@ def test_dispatch_follows_its_table():
     assert dispatch.implementation("reference", x, bn, torch.float32) == "reference"
     assert dispatch.implementation("auto", x.half(), bn, torch.float32) == "reference"
     assert dispatch.implementation("triton", x.half(), bn, torch.float32) == "triton"
-    # synchronized batch statistics: the Triton kernels gather them; the C++ kernels do not
+    # synchronized batch statistics: the kernels gather them
     assert dispatch.implementation("triton", x, bn._replace(synchronized=True), torch.float32) == "triton"
-    assert dispatch.implementation("auto", x, bn._replace(synchronized=True), torch.float32) == "reference"
+    assert dispatch.implementation("auto", x, bn._replace(synchronized=True), torch.float32) == "cpu"
     assert dispatch.implementation("triton", x, bn._replace(momentum=None), torch.float32) == "reference"
     assert dispatch.implementation("triton", x[:0], bn, torch.float32) == "reference"
     # eval takes step 1 from the running state: neither synchronization nor momentum matters

@@ -227,6 +227,13 @@ void check_affine(std::initializer_list<const at::Tensor*> ts, const at::Tensor&
   }
 }
 
+// Per-channel values computed over every process's batch: a contiguous (2, C) float64 CPU tensor.
+void check_given(const at::Tensor& t, int64_t channels, const char* name) {
+  TORCH_CHECK(t.device().is_cpu() && t.is_contiguous() && t.scalar_type() == at::kDouble &&
+                  t.numel() == 2 * channels,
+              "bcn cpu kernels: ", name, " must be a contiguous (2, C) float64 CPU tensor");
+}
+
 // A per-channel tensor as C doubles, read once per call (not once per task); a step-2 affine
 // with one value per group is expanded to its channels.
 template <typename scalar_t>
@@ -459,12 +466,15 @@ constexpr int64_t kBatch = 0, kEstimate = 1, kFixed = 2;
 // update: then commit the running state (commit_running_state; `rate` is BatchNorm's momentum
 // for kBatch). Returns y, per-plane mean and biased variance (N, C), and the step-1
 // statistics used (C): the batch's biased statistics, or the (updated) estimates.
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_forward(
+// batch_stats (synchronized batch statistics, train_forward_given): a (2, C) float64 tensor of
+// step 1's mean and biased variance over every process's batch, and `values` their count;
+// nullptr: the statistics of this batch.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_forward_impl(
     const at::Tensor& x, int64_t groups, const at::Tensor& bn_w, const at::Tensor& bn_b,
     const at::Tensor& gn_w, const at::Tensor& gn_b, const at::Tensor& running_mean,
     const at::Tensor& running_var, const at::Tensor& batches, const at::Tensor& skipped,
-    int64_t step1, bool update, double rate, double eps) {
-  RECORD_FUNCTION("bcn::train_forward", std::vector<c10::IValue>());
+    int64_t step1, bool update, double rate, double eps, const at::Tensor* batch_stats,
+    int64_t values) {
   TORCH_CHECK(step1 == kBatch || step1 == kEstimate || step1 == kFixed,
               "bcn cpu kernels: step1 must be 0 (batch), 1 (estimate) or 2 (fixed), got ", step1);
   const bool estimate = step1 != kBatch;
@@ -478,6 +488,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_for
   }
   const int64_t n = x.size(0), channels = x.size(1), size = x.size(2) * x.size(3);
   check_groups(groups, channels);
+  const double* given = nullptr;
+  if (batch_stats != nullptr) {
+    check_given(*batch_stats, channels, "batch statistics");
+    given = batch_stats->const_data_ptr<double>();
+  }
   const int64_t d = channels / groups;
   auto y = at::empty_like(x);
   auto plane_mean = at::empty({n, channels}, x.options()), plane_var = at::empty_like(plane_mean);
@@ -500,7 +515,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_for
     const auto solve_group = [&](int64_t g, const double* m, const double* v, Scratch& t,
                                  PlaneAffine<scalar_t>* affine) {
       const int64_t c0 = g * d;
-      step1_statistics(n, d, m, v, estimate, &old_mean[c0], &old_var[c0], rate, t.mean.data(), t.var.data());
+      if (given) {
+        std::copy_n(given + c0, d, t.mean.data());
+        std::copy_n(given + channels + c0, d, t.var.data());
+      } else {
+        step1_statistics(n, d, m, v, estimate, &old_mean[c0], &old_var[c0], rate, t.mean.data(), t.var.data());
+      }
       t.alg.solve(m, v, t.mean.data(), t.var.data(), &w[c0], &bb[c0]);
       for (int64_t s = 0; s < n; ++s) {
         for (int64_t j = 0; j < d; ++j) {
@@ -524,11 +544,51 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_for
           affine.write(px + plane * size, py + plane * size, size);
         });
     if (update) {
-      commit_running_state<scalar_t>(estimate, rate, n * size, pmean, pvar, running_mean,
-                                     running_var, batches, skipped);
+      commit_running_state<scalar_t>(estimate, rate, given ? values : n * size, pmean, pvar,
+                                     running_mean, running_var, batches, skipped);
     }
   });
   return {y, plane_mean, plane_var, mean, var};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_forward(
+    const at::Tensor& x, int64_t groups, const at::Tensor& bn_w, const at::Tensor& bn_b,
+    const at::Tensor& gn_w, const at::Tensor& gn_b, const at::Tensor& running_mean,
+    const at::Tensor& running_var, const at::Tensor& batches, const at::Tensor& skipped,
+    int64_t step1, bool update, double rate, double eps) {
+  RECORD_FUNCTION("bcn::train_forward", std::vector<c10::IValue>());
+  return train_forward_impl(x, groups, bn_w, bn_b, gn_w, gn_b, running_mean, running_var,
+                            batches, skipped, step1, update, rate, eps, nullptr, 0);
+}
+
+// Step 1 with batch statistics given (synchronized across processes: `batch_stats` (2, C),
+// float64, over `values` values per channel); the running averages move at `momentum`.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_forward_given(
+    const at::Tensor& x, int64_t groups, const at::Tensor& bn_w, const at::Tensor& bn_b,
+    const at::Tensor& gn_w, const at::Tensor& gn_b, const at::Tensor& running_mean,
+    const at::Tensor& running_var, const at::Tensor& batches, const at::Tensor& skipped,
+    bool update, double momentum, double eps, const at::Tensor& batch_stats, int64_t values) {
+  RECORD_FUNCTION("bcn::train_forward_given", std::vector<c10::IValue>());
+  return train_forward_impl(x, groups, bn_w, bn_b, gn_w, gn_b, running_mean, running_var,
+                            batches, skipped, kBatch, update, momentum, eps, &batch_stats, values);
+}
+
+// Mean and biased variance of every plane, (N, C) float64 each: what a process contributes to
+// synchronized batch statistics.
+std::tuple<at::Tensor, at::Tensor> plane_moments(const at::Tensor& x) {
+  RECORD_FUNCTION("bcn::plane_moments", std::vector<c10::IValue>());
+  check_map(x, "x");
+  const int64_t planes = x.size(0) * x.size(1), size = x.size(2) * x.size(3);
+  auto mean = at::empty({x.size(0), x.size(1)}, x.options().dtype(at::kDouble));
+  auto var = at::empty_like(mean);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "plane_moments", [&] {
+    const scalar_t* px = x.const_data_ptr<scalar_t>();
+    double *pm = mean.mutable_data_ptr<double>(), *pv = var.mutable_data_ptr<double>();
+    at::parallel_for(0, planes, grain_for(size), [&](int64_t begin, int64_t end) {
+      for (int64_t p = begin; p < end; ++p) moments_of(px + p * size, size, pm[p], pv[p]);
+    });
+  });
+  return {mean, var};
 }
 
 // Gradients of train_forward. Step 1's statistics (mean, var) are differentiated through in
@@ -538,12 +598,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_for
 //   dL/dx  = a (dx1 - <dx1>_c - (x - mean) <dx1 (x - mean)>_c / (var + eps))  (BatchNorm)
 // and every average is a combination of the per-plane sums of g and g (x - m). So dx is
 // p g + q x + k per plane. Returns dx and the gradients of bn_w, bn_b, gn_w, gn_b.
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_backward(
+// Synchronized batch statistics: `given_sums` (2, C) float64, sum dx1 and sum dx1 (x - mean) over
+// every process's `given_values` values per channel, replace this batch's in BatchNorm's terms;
+// `local_sums` (2, C) float64, if not null, receives this batch's. Without `write_dx` only
+// those sums are computed (dx is left empty).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_backward_impl(
     const at::Tensor& grad, const at::Tensor& x, int64_t groups, const at::Tensor& bn_w,
     const at::Tensor& bn_b, const at::Tensor& gn_w, const at::Tensor& plane_mean,
     const at::Tensor& plane_var, const at::Tensor& mean, const at::Tensor& var, int64_t step1,
-    double eps) {
-  RECORD_FUNCTION("bcn::train_backward", std::vector<c10::IValue>());
+    double eps, const at::Tensor* given_sums, double given_values, at::Tensor* local_sums,
+    bool write_dx) {
   const bool estimate = step1 != kBatch;
   check_grad_and_map(grad, x);
   check_coefficient(plane_mean, x, "plane_mean");
@@ -554,6 +618,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_bac
   check_groups(groups, channels);
   const int64_t d = channels / groups;
   const bool per_group = gn_w.numel() != channels;
+  const double* given = nullptr;
+  if (given_sums != nullptr) {
+    check_given(*given_sums, channels, "gradient sums");
+    given = given_sums->const_data_ptr<double>();
+  }
+  double* local_out = local_sums != nullptr ? local_sums->mutable_data_ptr<double>() : nullptr;
   auto dx = at::empty_like(x);
   auto d_bn_w = at::empty({channels}, x.options()), d_bn_b = at::empty_like(d_bn_w);
   auto d_gn_w = at::empty_like(gn_w), d_gn_b = at::empty_like(gn_w);
@@ -628,9 +698,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_bac
         }
       }
       for (int64_t j = 0; j < d; ++j) {  // BatchNorm part
-        const double inv_var = 1.0 / (step1_var[j] + eps), count = n * len;
-        const double drop_mean = estimate ? 0.0 : sum_dx1[j] / count;
-        const double drop_x = estimate ? 0.0 : sum_dx1x[j] * inv_var / count;
+        const double inv_var = 1.0 / (step1_var[j] + eps), count = given ? given_values : n * len;
+        const double all_dx1 = given ? given[c0 + j] : sum_dx1[j];
+        const double all_dx1x = given ? given[channels + c0 + j] : sum_dx1x[j];
+        if (local_out != nullptr) {
+          local_out[c0 + j] = sum_dx1[j];
+          local_out[channels + c0 + j] = sum_dx1x[j];
+        }
+        const double drop_mean = estimate ? 0.0 : all_dx1 / count;
+        const double drop_x = estimate ? 0.0 : all_dx1x * inv_var / count;
         const double aj = alg.a[j];
         // dx = P g + Q x + K, evaluated around the channel's mean: the two normalizations
         // make dx small next to Q x and K where the gradient cancels (few values per
@@ -655,13 +731,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_bac
         pdbeta[group] = static_cast<scalar_t>(std::accumulate(dbeta.begin(), dbeta.end(), 0.0));
       }
     };
+    const auto sums = [&](int64_t plane, double& sum_g, double& sum_gx) {
+      gradient_sums(pg + plane * size, px + plane * size, pm[plane], size, sum_g, sum_gx);
+    };
+    const auto make_scratch = [&] { return Scratch(n, d, eps); };
+    if (!write_dx) {
+      sums_solve_write<Gradient>(n, groups, d, size, sizeof(scalar_t), sums, make_scratch,
+                                 solve_group, [](int64_t, Gradient) {});
+      return;
+    }
     sums_solve_write<Gradient>(
-        n, groups, d, size, sizeof(scalar_t),
-        [&](int64_t plane, double& sum_g, double& sum_gx) {
-          gradient_sums(pg + plane * size, px + plane * size, pm[plane], size, sum_g, sum_gx);
-        },
-        [&] { return Scratch(n, d, eps); },
-        solve_group,
+        n, groups, d, size, sizeof(scalar_t), sums, make_scratch, solve_group,
         [&](int64_t plane, Gradient gradient) {  // by value: no reload per store for possible aliasing
           const auto [P, Q, K] = gradient;
           const scalar_t* gp = pg + plane * size;
@@ -672,6 +752,42 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_bac
         });
   });
   return {dx, d_bn_w, d_bn_b, d_gn_w, d_gn_b};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_backward(
+    const at::Tensor& grad, const at::Tensor& x, int64_t groups, const at::Tensor& bn_w,
+    const at::Tensor& bn_b, const at::Tensor& gn_w, const at::Tensor& plane_mean,
+    const at::Tensor& plane_var, const at::Tensor& mean, const at::Tensor& var, int64_t step1,
+    double eps) {
+  RECORD_FUNCTION("bcn::train_backward", std::vector<c10::IValue>());
+  return train_backward_impl(grad, x, groups, bn_w, bn_b, gn_w, plane_mean, plane_var, mean, var,
+                             step1, eps, nullptr, 0.0, nullptr, true);
+}
+
+// This batch's sum dx1 and sum dx1 (x - mean) per channel, (2, C) float64 (step 1 "batch"):
+// what a process contributes to a synchronized backward.
+at::Tensor train_backward_sums(const at::Tensor& grad, const at::Tensor& x, int64_t groups,
+                               const at::Tensor& bn_w, const at::Tensor& bn_b,
+                               const at::Tensor& gn_w, const at::Tensor& plane_mean,
+                               const at::Tensor& plane_var, const at::Tensor& mean,
+                               const at::Tensor& var, double eps) {
+  RECORD_FUNCTION("bcn::train_backward_sums", std::vector<c10::IValue>());
+  auto local = at::empty({2, x.size(1)}, x.options().dtype(at::kDouble));
+  train_backward_impl(grad, x, groups, bn_w, bn_b, gn_w, plane_mean, plane_var, mean, var, kBatch,
+                      eps, nullptr, 0.0, &local, false);
+  return local;
+}
+
+// The backward with BatchNorm's sums over every process's batch (`sums` (2, C) float64 over
+// `values` values per channel); the parameters' gradients stay this batch's own.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_backward_given(
+    const at::Tensor& grad, const at::Tensor& x, int64_t groups, const at::Tensor& bn_w,
+    const at::Tensor& bn_b, const at::Tensor& gn_w, const at::Tensor& plane_mean,
+    const at::Tensor& plane_var, const at::Tensor& mean, const at::Tensor& var, double eps,
+    const at::Tensor& sums, double values) {
+  RECORD_FUNCTION("bcn::train_backward_given", std::vector<c10::IValue>());
+  return train_backward_impl(grad, x, groups, bn_w, bn_b, gn_w, plane_mean, plane_var, mean, var,
+                             kBatch, eps, &sums, values, nullptr, true);
 }
 
 // The kernels' gradients are not themselves differentiable (Python's once_differentiable): a
@@ -936,6 +1052,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("inference_forward", &inference_forward, "BCN forward with step 1 fixed, one task per (sample, group)");
   m.def("train_forward", &train_forward, "BCN forward in training, one task per group");
   m.def("train_backward", &train_backward, "BCN backward, one task per group");
+  m.def("plane_moments", &plane_moments, "every plane's mean and biased variance, float64");
+  m.def("train_forward_given", &train_forward_given,
+        "BCN forward in training with step 1's batch statistics given (synchronized)");
+  m.def("train_backward_sums", &train_backward_sums,
+        "this batch's sums of BatchNorm's backward, (2, C) float64 (synchronized)");
+  m.def("train_backward_given", &train_backward_given,
+        "BCN backward with BatchNorm's sums over every process's batch (synchronized)");
   m.def("standardize_weight", &standardize_weight,
         "(W - mean) / sqrt(var_unbiased + eps) per output channel, as an autograd node");
   m.def("standardize_weight_forward", &standardize_weight_forward, "weight standardization: (z, row mean, row scale)");
