@@ -439,14 +439,18 @@ def _sum_rows(part_ptr, first, stop, C, cs, cmask, BLOCK_C: tl.constexpr):
 @triton.jit(do_not_specialize=["N", "C", "L", "CHUNK", "ROWS", "LOCAL_FIRST", "LOCAL_ROWS"])
 def _channel_gradients(part_ptr, ROWS, LOCAL_FIRST, LOCAL_ROWS, mean_ptr, c_m_ptr, c_dy_ptr,
                        c_x_ptr, c_0_ptr, a_ptr, mu_ptr, inv_ptr, k_dy_ptr, k_x_ptr, k_0_ptr,
-                       dbn_w_ptr, dbn_b_ptr, N, C, L, CHUNK, STEP1: tl.constexpr,
-                       BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+                       dbn_w_ptr, dbn_b_ptr, dgamma_part_ptr, dbeta_part_ptr, dgamma_ptr,
+                       dbeta_ptr, N, C, L, D, CHUNK, STEP1: tl.constexpr,
+                       PER_CHANNEL_AFFINE: tl.constexpr, BLOCK_N: tl.constexpr,
+                       BLOCK_C: tl.constexpr):
     """Step 1's backward per channel, for the samples of one chunk (program axis 1). Estimates
     and fixed statistics are constants: dx = a dx1. Batch statistics add BatchNorm's terms:
     dx = a (dx1 - mean(dx1) - x^ mean(dx1 x^)), the means over every sample whose statistics
     step 1 took (all ROWS rows: every process's when they are synchronized). Writes the final
     per-plane coefficients of dx (around m~, float32); chunk 0 writes gamma_b's and beta_b's
-    gradients, from this process's rows (LOCAL_FIRST .. + LOCAL_ROWS)."""
+    gradients, from this process's rows (LOCAL_FIRST .. + LOCAL_ROWS), and step 2's affine
+    gradients: _group_gradients' shares summed over the samples, for this block's channels
+    (per-channel affine) or for the groups whose first channel is in this block."""
     cs = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cs < C
     a = tl.load(a_ptr + cs, mask=cmask, other=0.0)
@@ -457,6 +461,18 @@ def _channel_gradients(part_ptr, ROWS, LOCAL_FIRST, LOCAL_ROWS, mean_ptr, c_m_pt
                                          cmask, BLOCK_C)
         tl.store(dbn_b_ptr + cs, local_p.to(dbn_b_ptr.dtype.element_ty), mask=cmask)
         tl.store(dbn_w_ptr + cs, (local_pq * inv).to(dbn_w_ptr.dtype.element_ty), mask=cmask)
+        if PER_CHANNEL_AFFINE:
+            shares, smask, width = cs, cmask, C
+        else:
+            shares, smask, width = cs // D, cmask & (cs % D == 0), C // D
+        dgamma = tl.zeros([BLOCK_C], dtype=tl.float64)
+        dbeta = tl.zeros([BLOCK_C], dtype=tl.float64)
+        for n0 in range(0, N, BLOCK_N):
+            mask, idx = _sample_tile(n0, N, width, shares, smask, BLOCK_N)
+            dgamma += tl.sum(tl.load(dgamma_part_ptr + idx, mask=mask, other=0.0), axis=0)
+            dbeta += tl.sum(tl.load(dbeta_part_ptr + idx, mask=mask, other=0.0), axis=0)
+        tl.store(dgamma_ptr + shares, dgamma.to(dgamma_ptr.dtype.element_ty), mask=smask)
+        tl.store(dbeta_ptr + shares, dbeta.to(dbeta_ptr.dtype.element_ty), mask=smask)
     if STEP1 == 0:
         planes, sum_p, sum_pq = _sum_rows(part_ptr, 0, ROWS, C, cs, cmask, BLOCK_C)
         count = planes * L
@@ -672,11 +688,13 @@ def backward(dy, groups, gn_weight, saved, step1, traceable=False, gather=None):
     local_first, local_rows = 0, cgrid[1]
     if gather is not None:  # one row per process
         part, local_first = gather(part), gather.rank
+    d_gn_w = torch.empty(shares // n, dtype=gn_weight.dtype, device=x.device)
+    d_gn_b = torch.empty_like(d_gn_w)
     run(_channel_gradients)[cgrid](part, part.shape[0], local_first, local_rows, mean, coef_m, c_dy,
-                                   c_x, c_0, a, mu, inv, k_dy, k_x, k_0, dbn_w, dbn_b, n, c, length,
-                                   chunk, STEP1=step1, **ctiles)
+                                   c_x, c_0, a, mu, inv, k_dy, k_x, k_0, dbn_w, dbn_b, dgamma, dbeta,
+                                   d_gn_w, d_gn_b, n, c, length, d, chunk, STEP1=step1,
+                                   PER_CHANNEL_AFFINE=per_channel, **ctiles)
     dx = torch.empty_like(x)
     run(_apply)[grid](x, dy, dx, k_x, coef_m, k_0, k_dy, planes, c, length, HAS_DY=True,
                       COMPUTE=compute, **tiles)
-    return (dx, dbn_w, dbn_b, dgamma.view(n, -1).sum(0, dtype=gn_weight.dtype),
-            dbeta.view(n, -1).sum(0, dtype=gn_weight.dtype))
+    return dx, dbn_w, dbn_b, d_gn_w, d_gn_b

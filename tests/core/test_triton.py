@@ -73,8 +73,9 @@ def test_training_and_eval_against_the_reference(fresh_seed, mode, shape, groups
     want_y, want_grads, want_state = reference_layer(layer, x, grad, rate)
     y, grads = run_layer(layer, x, grad)
     assert y.is_contiguous(memory_format=torch.channels_last) == channels_last or shape[2:] == (1, 1)
-    # 1x1 maps: a group's gradient cancels to ~1e-3 of its terms (2 values per group)
-    tol = 1e-5 if shape[2:] != (1, 1) else 2e-4
+    # 1x1 maps: a group's gradient cancels to ~1e-3 of its terms (2 values per group); the
+    # kernels' dx error reaches 2.4e-4 for 1 seed in 300, where the float32 composition's is 1.8e-3
+    tol = 1e-5 if shape[2:] != (1, 1) else 5e-4
     assert rel_err(y, want_y) < 1e-5
     for name, got, want in zip(("x", "gamma_b", "beta_b", "gamma", "beta"), grads, want_grads):
         assert rel_err(got, want.view_as(got)) < tol, name
