@@ -1,4 +1,4 @@
-"""torch.compile and torch.export with BCN's kernels as operators (bcn.ops): the operators pass
+"""torch.compile and torch.export with BCN's kernels as operators (bcn.kernels.ops): the operators pass
 torch.library.opcheck, a compiled BCN+WS network keeps them in one graph and matches eager
 mode (outputs, every gradient, running state) over changing input sizes, it recompiles no more
 often than the same network with GroupNorm, and an eval model exports and runs."""

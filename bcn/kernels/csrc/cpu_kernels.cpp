@@ -1,4 +1,4 @@
-// BCN's CPU kernels (bcn/cpu_norm.py): BCN training forward and backward, BCN inference, and
+// BCN's CPU kernels (bcn/kernels/cpu.py): BCN training forward and backward, BCN inference, and
 // weight standardization.
 //
 // A contiguous (N, C, H, W) map is N*C planes of H*W values. Channel c's step-1 statistics
