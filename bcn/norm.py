@@ -243,6 +243,8 @@ class FrozenBatchChannelNorm2d(nn.Module):
         self.register_buffer("weight", torch.ones(shape))
         self.register_buffer("bias", torch.zeros(shape))
         self.pbn = FrozenBatchPart2d(num_channels, eps)
+        # the kernels' batch-counter arguments; step 1 is fixed, so nothing ever writes it
+        self.register_buffer("unused_counter", torch.zeros((), dtype=torch.long), persistent=False)
 
     @classmethod
     def from_bcn(cls, bcn: BatchChannelNorm2d) -> "FrozenBatchChannelNorm2d":
@@ -257,7 +259,8 @@ class FrozenBatchChannelNorm2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pbn = self.pbn
         params = Params(pbn.weight, pbn.bias, self.weight, self.bias)
-        state = RunningState(pbn.running_mean, pbn.running_var, None, None)
+        counter = self._buffers["unused_counter"]
+        state = RunningState(pbn.running_mean, pbn.running_var, counter, counter)
         return kernels.batch_channel_norm(x, self.num_groups, params, state,
                                           Step1("fixed", False, pbn.eps), self.eps, self.impl,
                                           self._reference)

@@ -82,9 +82,6 @@ def _cpu(x, groups: int, params: Params, state: RunningState, step1: Step1, eps:
     BatchNorm's momentum and unbiased variance for "batch", Algorithm 1 for "estimate" --
     guarded against non-finite batches the same way."""
     inference = step1.kind == "fixed" and not _needs_grad(x, params)
-    if not inference and state.num_batches_tracked is None:  # a frozen layer's: never written
-        counter = torch.zeros((), dtype=torch.long)
-        state = state._replace(num_batches_tracked=counter, skipped_updates=counter)
     if torch.compiler.is_compiling():  # the same kernels as operators a graph can keep
         from . import ops
 
@@ -115,9 +112,6 @@ def _triton(x, groups: int, params: Params, state: RunningState, step1: Step1, e
     if torch.compiler.is_compiling():  # the same kernels as an operator a graph can keep
         from . import ops
 
-        if state.num_batches_tracked is None:
-            state = state._replace(num_batches_tracked=state.running_mean,
-                                   skipped_updates=state.running_mean)
         rate = scalars if step1.rate is None else step1.rate
         out = ops.triton_forward(x, groups, *params, *state, step1.code, step1.update, rate, scalars)
         y, _, new_state = ops.split(out, ops.TRITON_SAVED)

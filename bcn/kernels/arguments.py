@@ -31,12 +31,12 @@ class Params(NamedTuple):
 
 
 class RunningState(NamedTuple):
-    """Step 1's running state, updated in place by a call with ``Step1.update``. A layer that
-    never updates (frozen) passes None for the two counters."""
+    """Step 1's running state, updated in place by a call with ``Step1.update``: the statistics
+    and the two int64 one-element counters."""
     running_mean: Tensor
     running_var: Tensor
-    num_batches_tracked: Optional[Tensor]
-    skipped_updates: Optional[Tensor]
+    num_batches_tracked: Tensor
+    skipped_updates: Tensor
 
 
 class Step1(NamedTuple):

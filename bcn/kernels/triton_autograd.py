@@ -75,10 +75,7 @@ def on_device(device: torch.device):
 
 def batch_channel_norm(x, groups, params: Params, state: RunningState, step1: Step1, scalars):
     """BCN through the kernels, with autograd. scalars: float64 (bn_eps, momentum, gn_eps) on
-    x's device; a frozen layer's state may have None counters (never updated)."""
-    if state.num_batches_tracked is None:  # never written: any tensor fills the argument
-        state = state._replace(num_batches_tracked=state.running_mean,
-                               skipped_updates=state.running_mean)
+    x's device."""
     return TritonBatchChannelNorm.apply(x, groups, *params, state, step1, scalars)
 
 
