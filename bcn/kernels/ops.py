@@ -201,10 +201,13 @@ def triton_forward(x: Tensor, groups: int, bn_weight: Tensor, bn_bias: Tensor, g
 def _triton_forward_fake(x, groups, bn_weight, bn_bias, gn_weight, gn_bias, running_mean,
                          running_var, num_batches_tracked, skipped_updates, step1, update, rate,
                          scalars):
-    n, c = x.shape[:2]
+    from .triton_kernels import group_block_launch, reads_channels_last
+
+    n, c, h, w = x.shape
     f64 = dict(dtype=torch.float64)
     coef = torch.float64 if x.dtype == torch.float64 else torch.float32
-    planes, per_group = n * c, n * groups
+    small = group_block_launch(n, c, groups, h * w, reads_channels_last(x), coef) is not None  # no per-plane values saved
+    planes, per_group = 0 if small else n * c, n * groups
     return [torch.empty_like(x), x.new_empty(planes, **f64), x.new_empty(planes, **f64),
             x.new_empty(planes, dtype=coef)] + \
         [x.new_empty(c, **f64) for _ in range(4)] + [x.new_empty(per_group, **f64) for _ in range(2)] + \

@@ -436,6 +436,42 @@ def _sum_rows(part_ptr, first, stop, C, cs, cmask, BLOCK_C: tl.constexpr):
     return count, sum_p, sum_pq
 
 
+@triton.jit
+def _parameter_gradients(part_ptr, LOCAL_FIRST, LOCAL_ROWS, inv, dgamma_part_ptr, dbeta_part_ptr,
+                         SHARE_ROWS, dbn_w_ptr, dbn_b_ptr, dgamma_ptr, dbeta_ptr, C, D, cs, cmask,
+                         PER_CHANNEL_AFFINE: tl.constexpr, BLOCK_N: tl.constexpr,
+                         BLOCK_C: tl.constexpr):
+    """The parameters' gradients for channels ``cs``, in the parameters' dtype: gamma_b's and
+    beta_b's from this process's rows of sums (LOCAL_FIRST .. + LOCAL_ROWS); step 2's affine
+    from the SHARE_ROWS rows of its shares (one per sample, or per chunk of samples) summed,
+    for these channels (per-channel affine) or for the groups whose first channel is here."""
+    _, local_p, local_pq = _sum_rows(part_ptr, LOCAL_FIRST, LOCAL_FIRST + LOCAL_ROWS, C, cs,
+                                     cmask, BLOCK_C)
+    tl.store(dbn_b_ptr + cs, local_p.to(dbn_b_ptr.dtype.element_ty), mask=cmask)
+    tl.store(dbn_w_ptr + cs, (local_pq * inv).to(dbn_w_ptr.dtype.element_ty), mask=cmask)
+    if PER_CHANNEL_AFFINE:
+        shares, smask, width = cs, cmask, C
+    else:
+        shares, smask, width = cs // D, cmask & (cs % D == 0), C // D
+    dgamma = tl.zeros([BLOCK_C], dtype=tl.float64)
+    dbeta = tl.zeros([BLOCK_C], dtype=tl.float64)
+    for n0 in range(0, SHARE_ROWS, BLOCK_N):
+        mask, idx = _sample_tile(n0, SHARE_ROWS, width, shares, smask, BLOCK_N)
+        dgamma += tl.sum(tl.load(dgamma_part_ptr + idx, mask=mask, other=0.0), axis=0)
+        dbeta += tl.sum(tl.load(dbeta_part_ptr + idx, mask=mask, other=0.0), axis=0)
+    tl.store(dgamma_ptr + shares, dgamma.to(dgamma_ptr.dtype.element_ty), mask=smask)
+    tl.store(dbeta_ptr + shares, dbeta.to(dbeta_ptr.dtype.element_ty), mask=smask)
+
+
+@triton.jit
+def _batch_terms(part_ptr, ROWS, L, inv, C, cs, cmask, BLOCK_C: tl.constexpr):
+    """BatchNorm's backward means over every sample step 1 took its statistics from (all ROWS
+    rows): mean(dx1) and mean(dx1 x^)."""
+    planes, sum_p, sum_pq = _sum_rows(part_ptr, 0, ROWS, C, cs, cmask, BLOCK_C)
+    count = planes * L
+    return sum_p / count, sum_pq * inv / count
+
+
 @triton.jit(do_not_specialize=["N", "C", "L", "CHUNK", "ROWS", "LOCAL_FIRST", "LOCAL_ROWS"])
 def _channel_gradients(part_ptr, ROWS, LOCAL_FIRST, LOCAL_ROWS, mean_ptr, c_m_ptr, c_dy_ptr,
                        c_x_ptr, c_0_ptr, a_ptr, mu_ptr, inv_ptr, k_dy_ptr, k_x_ptr, k_0_ptr,
@@ -457,27 +493,11 @@ def _channel_gradients(part_ptr, ROWS, LOCAL_FIRST, LOCAL_ROWS, mean_ptr, c_m_pt
     mu = tl.load(mu_ptr + cs, mask=cmask, other=0.0)
     inv = tl.load(inv_ptr + cs, mask=cmask, other=0.0)
     if tl.program_id(1) == 0:
-        _, local_p, local_pq = _sum_rows(part_ptr, LOCAL_FIRST, LOCAL_FIRST + LOCAL_ROWS, C, cs,
-                                         cmask, BLOCK_C)
-        tl.store(dbn_b_ptr + cs, local_p.to(dbn_b_ptr.dtype.element_ty), mask=cmask)
-        tl.store(dbn_w_ptr + cs, (local_pq * inv).to(dbn_w_ptr.dtype.element_ty), mask=cmask)
-        if PER_CHANNEL_AFFINE:
-            shares, smask, width = cs, cmask, C
-        else:
-            shares, smask, width = cs // D, cmask & (cs % D == 0), C // D
-        dgamma = tl.zeros([BLOCK_C], dtype=tl.float64)
-        dbeta = tl.zeros([BLOCK_C], dtype=tl.float64)
-        for n0 in range(0, N, BLOCK_N):
-            mask, idx = _sample_tile(n0, N, width, shares, smask, BLOCK_N)
-            dgamma += tl.sum(tl.load(dgamma_part_ptr + idx, mask=mask, other=0.0), axis=0)
-            dbeta += tl.sum(tl.load(dbeta_part_ptr + idx, mask=mask, other=0.0), axis=0)
-        tl.store(dgamma_ptr + shares, dgamma.to(dgamma_ptr.dtype.element_ty), mask=smask)
-        tl.store(dbeta_ptr + shares, dbeta.to(dbeta_ptr.dtype.element_ty), mask=smask)
+        _parameter_gradients(part_ptr, LOCAL_FIRST, LOCAL_ROWS, inv, dgamma_part_ptr,
+                             dbeta_part_ptr, N, dbn_w_ptr, dbn_b_ptr, dgamma_ptr, dbeta_ptr, C, D,
+                             cs, cmask, PER_CHANNEL_AFFINE, BLOCK_N, BLOCK_C)
     if STEP1 == 0:
-        planes, sum_p, sum_pq = _sum_rows(part_ptr, 0, ROWS, C, cs, cmask, BLOCK_C)
-        count = planes * L
-        k1 = sum_p / count
-        k2 = sum_pq * inv / count                                     # mean(dx1 x^)
+        k1, k2 = _batch_terms(part_ptr, ROWS, L, inv, C, cs, cmask, BLOCK_C)
     first = tl.program_id(1) * CHUNK
     last = tl.minimum(first + CHUNK, N)
     for n0 in range(first, last, BLOCK_N):
@@ -496,12 +516,297 @@ def _channel_gradients(part_ptr, ROWS, LOCAL_FIRST, LOCAL_ROWS, mean_ptr, c_m_pt
         tl.store(k_0_ptr + idx, (a[None, :] * c_0).to(k_0_ptr.dtype.element_ty), mask=mask)
 
 
+# --- Small planes (ROI batches, 1x1 maps): a program holds whole groups ----------------------
+# Where one sample's group (D planes) fits a program, the per-plane values never leave it: the
+# passes recompute each plane's moments from the map they read anyway, and only per-channel
+# rows (one per chunk of samples) and per-(sample, group) statistics go through memory --
+# GroupNorm's traffic where the planes are too short to carry per-plane bookkeeping.
+#
+#     forward   group_block_moments (read x)  [-> all-gather]  ->  channel_stats
+#               ->  group_block_normalize (read x, write y)  [-> commit_running_state]
+#     backward  group_block_gradient_sums (read x, dy)  [-> all-gather]
+#               ->  channel_gradient_terms  ->  group_block_input_gradient (read x, dy, write dx)
+
+
+@triton.jit
+def _block_slots(G, D, EXACT_D: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr):
+    """This program's groups (program axis 0) as BLOCK_G * BLOCK_D slots, each group's channels
+    side by side: (each slot's group, its channel, which slots are real)."""
+    slots = tl.arange(0, BLOCK_G * BLOCK_D)
+    gs = tl.program_id(0) * BLOCK_G + slots // BLOCK_D
+    if EXACT_D:  # D == BLOCK_D: consecutive channels, which the compiler sees as contiguous
+        cs = tl.program_id(0) * BLOCK_G * D + slots
+        return gs, cs, cs < G * D
+    return gs, gs * D + slots % BLOCK_D, (gs < G) & (slots % BLOCK_D < D)
+
+
+@triton.jit
+def _block_offsets(cs, cmask, C, L, CHANNELS_LAST: tl.constexpr, BLOCK_L: tl.constexpr,
+                   VEC: tl.constexpr):
+    """[slots, positions] offsets of these channels' planes within a sample (int32: a sample's
+    values are fewer than 2^31), and which are real.
+    channels_last: the slots (channels) are the contiguous axis. NCHW: VEC divides L (a plane
+    is read VEC values at a time)."""
+    ls = tl.arange(0, BLOCK_L)
+    if CHANNELS_LAST:
+        return ls[None, :] * C + cs[:, None], cmask[:, None] & (ls < L)[None, :]
+    mask = cmask[:, None] & (ls // VEC < L // VEC)[None, :]
+    return tl.multiple_of(cs * L, VEC)[:, None] + ls[None, :], mask
+
+
+@triton.jit
+def _sample_base(n, C, L, VEC: tl.constexpr):
+    """Where sample n starts (VEC divides it: it divides L in NCHW)."""
+    return tl.multiple_of(n * C * L, VEC)
+
+
+@triton.jit
+def _samples(N, CHUNK):
+    """The samples of this program's chunk (program axis 1): first, stop, and first again as
+    an int64 scalar (the loops carry it: a loop variable is no tensor in the interpreter)."""
+    first = tl.program_id(1) * CHUNK
+    return first, tl.minimum(first + CHUNK, N), first.to(tl.int64)
+
+
+@triton.jit
+def _whole_planes(x, mask, L):
+    """Moments of a tile of whole planes: (m~ = the mean in the compute dtype, the plane mean m
+    and biased variance v in float64, x - m~ (zero off the planes))."""
+    centre = tl.sum(x, axis=1) / L
+    d = tl.where(mask, x - centre[:, None], 0.0)
+    shift = tl.sum(d, axis=1).to(tl.float64) / L
+    return centre, centre.to(tl.float64) + shift, tl.sum(d * d, axis=1).to(tl.float64) / L - shift * shift, d
+
+
+@triton.jit
+def _to_slots(per_group, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr):
+    """[BLOCK_G] -> [slots]: each slot gets its group's value."""
+    return tl.reshape(tl.broadcast_to(per_group[:, None], (BLOCK_G, BLOCK_D)), (BLOCK_G * BLOCK_D,))
+
+
+@triton.jit
+def _group_sum(v, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr):
+    """[slots] -> [slots]: each slot gets the sum over its group's slots (v zero where unused)."""
+    return _to_slots(tl.sum(tl.reshape(v, (BLOCK_G, BLOCK_D)), axis=1), BLOCK_G, BLOCK_D)
+
+
+@triton.jit
+def _block_affine(w_ptr, gs, cs, cmask, PER_CHANNEL: tl.constexpr):
+    """Step 2's gamma or beta for each slot: its channel's, or its group's."""
+    return tl.load(w_ptr + (cs if PER_CHANNEL else gs), mask=cmask, other=0.0).to(tl.float64)
+
+
+@triton.jit
+def _per_group(ptr, n, G, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Sample n's (int64) (N, G) float64 values of this program's groups, one load per group, per slot."""
+    gs = tl.program_id(0) * BLOCK_G + tl.arange(0, BLOCK_G)
+    return _to_slots(tl.load(ptr + n * G + gs, mask=gs < G, other=0.0), BLOCK_G, BLOCK_D)
+
+
+@triton.jit(do_not_specialize=["N", "C", "L", "G", "D", "CHUNK"])
+def _group_block_moments(x_ptr, part_ptr, N, C, L, G, D, CHUNK, CHANNELS_LAST: tl.constexpr,
+                         EXACT_D: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
+                         BLOCK_L: tl.constexpr, VEC: tl.constexpr, COMPUTE: tl.constexpr):
+    """Step 1's batch moments of this program's channels over the samples of one chunk, read
+    from the map: part[chunk] = (planes, their mean of m, their mean of v + (m - that mean)^2),
+    _channel_moments' rows (Welford over the planes, float64)."""
+    gs, cs, cmask = _block_slots(G, D, EXACT_D, BLOCK_G, BLOCK_D)
+    inner, mask = _block_offsets(cs, cmask, C, L, CHANNELS_LAST, BLOCK_L, VEC)
+    first, stop, n = _samples(N, CHUNK)
+    mean = tl.zeros([BLOCK_G * BLOCK_D], dtype=tl.float64)
+    m2 = tl.zeros([BLOCK_G * BLOCK_D], dtype=tl.float64)
+    for _ in range(first, stop):
+        x = tl.load(x_ptr + _sample_base(n, C, L, VEC) + inner, mask=mask, other=0.0).to(COMPUTE)
+        _, m, v, _ = _whole_planes(x, mask, L)
+        delta = m - mean
+        n += 1
+        mean += delta / (n - first).to(tl.float64)
+        m2 += v + delta * (m - mean)
+    k = (stop - first).to(tl.float64)
+    row = part_ptr + tl.program_id(1).to(tl.int64) * 3 * C + cs
+    tl.store(row, k + tl.zeros([BLOCK_G * BLOCK_D], dtype=tl.float64), mask=cmask)
+    tl.store(row + C, mean, mask=cmask)
+    tl.store(row + 2 * C, m2 / k, mask=cmask)
+
+
+@triton.jit
+def _group_stats(m, v, a, b, cmask, D, eps, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Step 2's group mean and 1/std per slot, from the planes' moments after step 1 (mean
+    a m + b, variance a^2 v) -- _group_coefficients' algebra."""
+    m1 = a * m + b
+    mu = _group_sum(tl.where(cmask, m1, 0.0), BLOCK_G, BLOCK_D) / D
+    dev = tl.where(cmask, m1 - mu, 0.0)
+    s2 = _group_sum(tl.where(cmask, a * a * v, 0.0) + dev * dev, BLOCK_G, BLOCK_D) / D
+    return mu, 1.0 / tl.sqrt(s2 + eps)
+
+
+@triton.jit(do_not_specialize=["N", "C", "L", "G", "D", "CHUNK"])
+def _group_block_normalize(x_ptr, y_ptr, a_ptr, b_ptr, gn_w_ptr, gn_b_ptr, scalars_ptr, mu_g_ptr,
+                           rstd_g_ptr, N, C, L, G, D, CHUNK, CHANNELS_LAST: tl.constexpr,
+                           PER_CHANNEL_AFFINE: tl.constexpr, EXACT_D: tl.constexpr,
+                           BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+                           VEC: tl.constexpr, COMPUTE: tl.constexpr):
+    """y = A (x - m~) + K for the samples of one chunk, step 2's statistics taken in the
+    program (and saved per (sample, group) for the backward)."""
+    gs, cs, cmask = _block_slots(G, D, EXACT_D, BLOCK_G, BLOCK_D)
+    inner, mask = _block_offsets(cs, cmask, C, L, CHANNELS_LAST, BLOCK_L, VEC)
+    a = tl.load(a_ptr + cs, mask=cmask, other=0.0)
+    b = tl.load(b_ptr + cs, mask=cmask, other=0.0)
+    gamma = _block_affine(gn_w_ptr, gs, cs, cmask, PER_CHANNEL_AFFINE)
+    beta = _block_affine(gn_b_ptr, gs, cs, cmask, PER_CHANNEL_AFFINE)
+    eps = tl.load(scalars_ptr + 2)
+    leaders = cmask & (tl.arange(0, BLOCK_G * BLOCK_D) % BLOCK_D == 0)  # a group's first slot
+    first, stop, n = _samples(N, CHUNK)
+    for _ in range(first, stop):
+        base = _sample_base(n, C, L, VEC)
+        x = tl.load(x_ptr + base + inner, mask=mask, other=0.0).to(COMPUTE)
+        centre, m, v, d = _whole_planes(x, mask, L)
+        mu, r = _group_stats(m, v, a, b, cmask, D, eps, BLOCK_G, BLOCK_D)
+        coef = gamma * a * r
+        const = coef * centre.to(tl.float64) + gamma * (b - mu) * r + beta
+        y = coef.to(COMPUTE)[:, None] * d + const.to(COMPUTE)[:, None]
+        tl.store(y_ptr + base + inner, y.to(y_ptr.dtype.element_ty), mask=mask)
+        tl.store(mu_g_ptr + n * G + gs, mu, mask=leaders)
+        tl.store(rstd_g_ptr + n * G + gs, r, mask=leaders)
+        n += 1
+
+
+@triton.jit
+def _block_gradient(x_ptr, dy_ptr, offs, mask, cmask, a, b, gamma, mu, r, L, D,
+                    BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr, COMPUTE: tl.constexpr):
+    """Step 2's backward for one sample's slots, _group_gradients' algebra: (dy, x - m~, m~, m,
+    v, S = sum dy, T = sum dy (x - m), sum dy z, c_dy, c_x, c_0) with
+    dx1 = c_dy dy + c_x (x - m) + c_0."""
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(COMPUTE)
+    dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(COMPUTE)
+    centre, m, v, d = _whole_planes(x, mask, L)
+    s = tl.sum(dy, axis=1).to(tl.float64)
+    t = tl.sum(dy * d, axis=1).to(tl.float64) + (centre.to(tl.float64) - m) * s
+    centered = a * m + b - mu
+    dz_z = r * (a * t + centered * s)
+    count = D.to(tl.float64) * L
+    e1 = _group_sum(tl.where(cmask, gamma * s, 0.0), BLOCK_G, BLOCK_D) / count
+    e2 = _group_sum(tl.where(cmask, gamma * dz_z, 0.0), BLOCK_G, BLOCK_D) / count
+    return (dy, d, centre, m, v, s, t, dz_z, r * gamma, -r * r * e2 * a,
+            -r * e1 - r * r * e2 * centered)
+
+
+@triton.jit(do_not_specialize=["N", "C", "L", "G", "D", "CHUNK"])
+def _group_block_gradient_sums(x_ptr, dy_ptr, a_ptr, b_ptr, gn_w_ptr, mu_ptr, mu_g_ptr,
+                               rstd_g_ptr, part_ptr, dgamma_part_ptr, dbeta_part_ptr, N, C, L, G,
+                               D, CHUNK, CHANNELS_LAST: tl.constexpr,
+                               PER_CHANNEL_AFFINE: tl.constexpr, EXACT_D: tl.constexpr,
+                               BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
+                               BLOCK_L: tl.constexpr, VEC: tl.constexpr, COMPUTE: tl.constexpr):
+    """Over the samples of one chunk: the row part[chunk] = (planes, sum dx1, sum dx1 (x - mu))
+    of _channel_gradient_sums, and the chunk's share of step 2's affine gradients (per channel,
+    or per group)."""
+    gs, cs, cmask = _block_slots(G, D, EXACT_D, BLOCK_G, BLOCK_D)
+    inner, mask = _block_offsets(cs, cmask, C, L, CHANNELS_LAST, BLOCK_L, VEC)
+    a = tl.load(a_ptr + cs, mask=cmask, other=0.0)
+    b = tl.load(b_ptr + cs, mask=cmask, other=0.0)
+    mu_c = tl.load(mu_ptr + cs, mask=cmask, other=0.0)
+    gamma = _block_affine(gn_w_ptr, gs, cs, cmask, PER_CHANNEL_AFFINE)
+    sum_p = tl.zeros([BLOCK_G * BLOCK_D], dtype=tl.float64)
+    sum_pq = tl.zeros([BLOCK_G * BLOCK_D], dtype=tl.float64)
+    dgamma = tl.zeros([BLOCK_G * BLOCK_D], dtype=tl.float64)
+    dbeta = tl.zeros([BLOCK_G * BLOCK_D], dtype=tl.float64)
+    first, stop, n = _samples(N, CHUNK)
+    for _ in range(first, stop):
+        mu = _per_group(mu_g_ptr, n, G, BLOCK_G, BLOCK_D)
+        r = _per_group(rstd_g_ptr, n, G, BLOCK_G, BLOCK_D)
+        _, _, _, m, v, s, t, dz_z, c_dy, c_x, c_0 = _block_gradient(
+            x_ptr + _sample_base(n, C, L, VEC), dy_ptr + _sample_base(n, C, L, VEC), inner, mask,
+            cmask, a, b, gamma, mu, r, L, D,
+            BLOCK_G, BLOCK_D, COMPUTE)
+        p = c_dy * s + c_0 * L                     # sum dx1 over the plane
+        sum_p += p
+        sum_pq += c_dy * t + c_x * L * v + (m - mu_c) * p
+        dgamma += dz_z
+        dbeta += s
+        n += 1
+    row = part_ptr + tl.program_id(1).to(tl.int64) * 3 * C + cs
+    tl.store(row, (stop - first).to(tl.float64) + tl.zeros([BLOCK_G * BLOCK_D], dtype=tl.float64), mask=cmask)
+    tl.store(row + C, sum_p, mask=cmask)
+    tl.store(row + 2 * C, sum_pq, mask=cmask)
+    if PER_CHANNEL_AFFINE:
+        shares = tl.program_id(1).to(tl.int64) * C + cs
+        tl.store(dgamma_part_ptr + shares, dgamma, mask=cmask)
+        tl.store(dbeta_part_ptr + shares, dbeta, mask=cmask)
+    else:
+        leaders = cmask & (tl.arange(0, BLOCK_G * BLOCK_D) % BLOCK_D == 0)
+        shares = tl.program_id(1).to(tl.int64) * G + gs
+        tl.store(dgamma_part_ptr + shares, _group_sum(tl.where(cmask, dgamma, 0.0), BLOCK_G, BLOCK_D), mask=leaders)
+        tl.store(dbeta_part_ptr + shares, _group_sum(tl.where(cmask, dbeta, 0.0), BLOCK_G, BLOCK_D), mask=leaders)
+
+
+@triton.jit(do_not_specialize=["ROWS", "LOCAL_FIRST", "LOCAL_ROWS", "C", "L", "D"])
+def _channel_gradient_terms(part_ptr, ROWS, LOCAL_FIRST, LOCAL_ROWS, inv_ptr, dgamma_part_ptr,
+                            dbeta_part_ptr, terms_ptr, dbn_w_ptr, dbn_b_ptr, dgamma_ptr,
+                            dbeta_ptr, C, L, D, STEP1: tl.constexpr,
+                            PER_CHANNEL_AFFINE: tl.constexpr, BLOCK_N: tl.constexpr,
+                            BLOCK_C: tl.constexpr):
+    """Per channel, from the rows of _group_block_gradient_sums: the parameters' gradients and,
+    for batch statistics, BatchNorm's terms of dx: terms = (mean(dx1), mean(dx1 x^) inv)."""
+    cs = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cs < C
+    inv = tl.load(inv_ptr + cs, mask=cmask, other=0.0)
+    _parameter_gradients(part_ptr, LOCAL_FIRST, LOCAL_ROWS, inv, dgamma_part_ptr, dbeta_part_ptr,
+                         LOCAL_ROWS, dbn_w_ptr, dbn_b_ptr, dgamma_ptr, dbeta_ptr, C, D, cs, cmask,
+                         PER_CHANNEL_AFFINE, BLOCK_N, BLOCK_C)
+    if STEP1 == 0:
+        k1, k2 = _batch_terms(part_ptr, ROWS, L, inv, C, cs, cmask, BLOCK_C)
+        tl.store(terms_ptr + cs, k1, mask=cmask)
+        tl.store(terms_ptr + C + cs, k2 * inv, mask=cmask)
+
+
+@triton.jit(do_not_specialize=["N", "C", "L", "G", "D", "CHUNK"])
+def _group_block_input_gradient(x_ptr, dy_ptr, dx_ptr, a_ptr, b_ptr, gn_w_ptr, mu_ptr, terms_ptr,
+                                mu_g_ptr, rstd_g_ptr, N, C, L, G, D, CHUNK,
+                                STEP1: tl.constexpr, CHANNELS_LAST: tl.constexpr,
+                                PER_CHANNEL_AFFINE: tl.constexpr, EXACT_D: tl.constexpr,
+                                BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
+                                BLOCK_L: tl.constexpr, VEC: tl.constexpr, COMPUTE: tl.constexpr):
+    """dx = a (c_dy dy + c_x (x - m) + c_0) for the samples of one chunk; batch statistics add
+    BatchNorm's terms (_channel_gradients' algebra)."""
+    gs, cs, cmask = _block_slots(G, D, EXACT_D, BLOCK_G, BLOCK_D)
+    inner, mask = _block_offsets(cs, cmask, C, L, CHANNELS_LAST, BLOCK_L, VEC)
+    a = tl.load(a_ptr + cs, mask=cmask, other=0.0)
+    b = tl.load(b_ptr + cs, mask=cmask, other=0.0)
+    gamma = _block_affine(gn_w_ptr, gs, cs, cmask, PER_CHANNEL_AFFINE)
+    if STEP1 == 0:
+        mu_c = tl.load(mu_ptr + cs, mask=cmask, other=0.0)
+        k1 = tl.load(terms_ptr + cs, mask=cmask, other=0.0)
+        k2 = tl.load(terms_ptr + C + cs, mask=cmask, other=0.0)
+    first, stop, n = _samples(N, CHUNK)
+    for _ in range(first, stop):
+        base = _sample_base(n, C, L, VEC)
+        mu = _per_group(mu_g_ptr, n, G, BLOCK_G, BLOCK_D)
+        r = _per_group(rstd_g_ptr, n, G, BLOCK_G, BLOCK_D)
+        dy, d, centre, m, _, _, _, _, c_dy, c_x, c_0 = _block_gradient(
+            x_ptr + base, dy_ptr + base, inner, mask, cmask, a, b, gamma, mu, r, L, D, BLOCK_G,
+            BLOCK_D, COMPUTE)
+        if STEP1 == 0:
+            c_0 = c_0 - k1 - k2 * (m - mu_c)
+            c_x = c_x - k2
+        c_0 = c_0 + c_x * (centre.to(tl.float64) - m)   # around m~: x - m = (x - m~) + (m~ - m)
+        dx = ((a * c_dy).to(COMPUTE)[:, None] * dy + (a * c_x).to(COMPUTE)[:, None] * d
+              + (a * c_0).to(COMPUTE)[:, None])
+        tl.store(dx_ptr + base + inner, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+        n += 1
+
+
 def _layout(x: torch.Tensor):
     """(x as the kernels read it, whether it is channels_last): channels_last stays
     channels_last, anything else becomes NCHW-contiguous."""
-    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+    if reads_channels_last(x):
         return x, True
     return x.contiguous(), False
+
+
+def reads_channels_last(x: torch.Tensor) -> bool:
+    """Whether the kernels read x as channels_last (else as NCHW-contiguous)."""
+    return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
 def plane_launch(n: int, c: int, length: int, channels_last: bool, compute_dtype: torch.dtype):
@@ -557,6 +862,53 @@ def channel_launch(n: int, c: int, split: bool = True):
             (channel_blocks, triton.cdiv(n, chunk)))
 
 
+def group_block_launch(n: int, c: int, groups: int, length: int, channels_last: bool,
+                       compute_dtype: torch.dtype, split: bool = True):
+    """(tile sizes, layout and warps, samples per chunk, grid) of the small-plane kernels, or
+    None where one sample's group (D planes) does not fit a program.
+
+    A program takes BLOCK_G whole groups of one sample a step -- a tile of BLOCK_G * BLOCK_D
+    planes -- and loops over the samples of one chunk. The rule keeps each thread's share of
+    the per-plane float64 algebra to a plane or two, which is what fits the registers without
+    spilling on sm_80-sm_90: channels_last (and 1x1 maps, the same memory) put neighbouring
+    threads on neighbouring channels, the contiguous axis, so a tile takes enough groups for 32
+    channels within ``2 * _TILE`` elements, 8 a thread (float64: ``_TILE / 2``, 4 a thread);
+    a tile of fewer than 16 channels (less than a 32-byte sector of 16-bit values) where C has
+    more means the planes are not small. NCHW puts the threads along the plane, so a tile takes 8 planes
+    (D <= 8) over 8 warps, read VEC values at a time (VEC: 4, 2 or 1, what divides the plane
+    length), at most 64 vectors a plane: two planes a thread.
+
+    The samples are cut into chunks (grid axis 1) until there are PROGRAMS programs, each chunk
+    about 512 values of a channel or more so that the per-channel rows stay small beside the map.
+    Not ``split``: one chunk (one row per process, when step 1's statistics are synchronized).
+    """
+    # float64 holds half the values a thread (their algebra takes twice the registers)
+    tile, per_warp = (_TILE // 2, 128) if compute_dtype == torch.float64 else (2 * _TILE, 256)
+    d = c // groups
+    block_d, block_l = triton.next_power_of_2(d), triton.next_power_of_2(length)
+    channels_last = channels_last or length == 1
+    if channels_last:
+        if block_d * block_l > tile:
+            return None
+        block_g = max(1, min(triton.next_power_of_2(groups), triton.cdiv(32, block_d),
+                             tile // (block_d * block_l)))
+        if block_g * block_d < min(16, c):
+            return None  # a position's channels would not fill a 32-byte sector
+        warps = max(1, min(8, block_g * block_d * block_l // per_warp))
+        vec = 1
+    else:
+        vec = 4 if length % 4 == 0 else (2 if length % 2 == 0 else 1)
+        if block_d > 8 or block_l // vec > 64:
+            return None
+        block_g, warps = max(1, min(triton.next_power_of_2(groups), 8 // block_d)), 8
+    blocks = triton.cdiv(groups, block_g)
+    chunks = max(1, min(n, triton.cdiv(PROGRAMS, blocks), triton.cdiv(n * length, 512))) if split else 1
+    chunk = n // chunks  # rounding down keeps at least `chunks` chunks
+    return (dict(CHANNELS_LAST=channels_last, EXACT_D=block_d == d, BLOCK_G=block_g,
+                 BLOCK_D=block_d, BLOCK_L=block_l, VEC=vec, num_warps=warps),
+            chunk, (blocks, triton.cdiv(n, chunk)))
+
+
 def group_launch(groups_d: int):
     """Tile and warps of the per-(sample, group) kernels: a group's D channels, one warp for
     up to 64 of them."""
@@ -607,43 +959,60 @@ def forward(x, groups, bn_weight, bn_bias, gn_weight, gn_bias, running_mean, run
     estimate rate (a one-element tensor on x's device). ``update`` (BATCH, ESTIMATE): move the
     running state, committed last, after every other kernel has run. ``gather`` (BATCH
     synchronized across processes): rows -> every process's rows concatenated in rank order,
-    one collective (the per-channel sums of step 1's statistics)."""
+    one collective (the per-channel sums of step 1's statistics). Small planes (where
+    group_block_launch fits a sample's group in a program) save no per-plane values."""
     run = _launcher(traceable)
     x, channels_last = _layout(x)
     n, c, length, planes, d, compute, coef_dtype, tiles, grid = _geometry(x, groups, channels_last)
+    blocks = group_block_launch(n, c, groups, length, channels_last, coef_dtype, split=gather is None)
     f64 = dict(dtype=torch.float64, device=x.device)
-    mean, var = torch.empty(planes, **f64), torch.empty(planes, **f64)
-    if grid[1] == 1:
-        run(_plane_moments)[grid](x, mean, var, planes, c, length, COMPUTE=compute, **tiles)
-    else:
-        part_mean, part_var = torch.empty(planes * grid[1], **f64), torch.empty(planes * grid[1], **f64)
-        run(_plane_moments)[grid](x, part_mean, part_var, planes, c, length, COMPUTE=compute, **tiles)
-        run(_merge_plane_moments)[(triton.cdiv(planes, MERGE_BLOCK),)](
-            part_mean, part_var, mean, var, planes, length, tiles["CHUNK_L"], grid[1],
-            BLOCK_P=MERGE_BLOCK, num_warps=4)
-    a, b, mu, inv, new_mean, new_var = (torch.empty(c, **f64) for _ in range(6))
     ctiles, chunk, cgrid = channel_launch(n, c, split=gather is None)
-    rows = cgrid[1] if step1 != FIXED else 0
-    part = torch.empty(rows, 3, c, **f64)
-    if rows:
-        run(_channel_moments)[cgrid](mean, var, part, n, c, chunk, **ctiles)
+    per_channel = gn_weight.dim() == 1
+    if blocks is None:
+        mean, var = torch.empty(planes, **f64), torch.empty(planes, **f64)
+        if grid[1] == 1:
+            run(_plane_moments)[grid](x, mean, var, planes, c, length, COMPUTE=compute, **tiles)
+        else:
+            part_mean, part_var = torch.empty(planes * grid[1], **f64), torch.empty(planes * grid[1], **f64)
+            run(_plane_moments)[grid](x, part_mean, part_var, planes, c, length, COMPUTE=compute, **tiles)
+            run(_merge_plane_moments)[(triton.cdiv(planes, MERGE_BLOCK),)](
+                part_mean, part_var, mean, var, planes, length, tiles["CHUNK_L"], grid[1],
+                BLOCK_P=MERGE_BLOCK, num_warps=4)
+        rows = cgrid[1] if step1 != FIXED else 0
+        part = torch.empty(rows, 3, c, **f64)
+        if rows:
+            run(_channel_moments)[cgrid](mean, var, part, n, c, chunk, **ctiles)
+    else:
+        btiles, bchunk, bgrid = blocks
+        mean, var = torch.empty(0, **f64), torch.empty(0, **f64)
+        rows = bgrid[1] if step1 != FIXED else 0
+        part = torch.empty(rows, 3, c, **f64)
+        if rows:
+            run(_group_block_moments)[bgrid](x, part, n, c, length, groups, d, bchunk,
+                                             COMPUTE=compute, **btiles)
     if gather is not None:
         part = gather(part)  # every process's rows, in rank order
+    a, b, mu, inv, new_mean, new_var = (torch.empty(c, **f64) for _ in range(6))
     flags = torch.empty(cgrid[0], dtype=torch.int32, device=x.device)  # each program writes its own
     run(_channel_stats)[cgrid[:1]](part, part.shape[0], c, length, bn_weight, bn_bias, running_mean,
                                    running_var, scalars, rate, a, b, mu, inv, new_mean, new_var,
                                    flags, STEP1=step1, UPDATE=update, BLOCK_C=ctiles["BLOCK_C"],
                                    num_warps=ctiles["num_warps"])
-    coef_a = torch.empty(planes, dtype=coef_dtype, device=x.device)
-    coef_m, coef_k = torch.empty_like(coef_a), torch.empty_like(coef_a)
     mu_g, rstd_g = torch.empty(n * groups, **f64), torch.empty(n * groups, **f64)
-    run(_group_coefficients)[(n * groups,)](mean, var, a, b, gn_weight, gn_bias, scalars, coef_a,
-                                            coef_m, coef_k, mu_g, rstd_g, c, groups, d,
-                                            PER_CHANNEL_AFFINE=gn_weight.dim() == 1,
-                                            **group_launch(d))
     y = torch.empty_like(x)
-    run(_apply)[grid](x, x, y, coef_a, coef_m, coef_k, coef_a, planes, c, length, HAS_DY=False,
-                      COMPUTE=compute, **tiles)
+    if blocks is None:
+        coef_a = torch.empty(planes, dtype=coef_dtype, device=x.device)
+        coef_m, coef_k = torch.empty_like(coef_a), torch.empty_like(coef_a)
+        run(_group_coefficients)[(n * groups,)](mean, var, a, b, gn_weight, gn_bias, scalars, coef_a,
+                                                coef_m, coef_k, mu_g, rstd_g, c, groups, d,
+                                                PER_CHANNEL_AFFINE=per_channel, **group_launch(d))
+        run(_apply)[grid](x, x, y, coef_a, coef_m, coef_k, coef_a, planes, c, length, HAS_DY=False,
+                          COMPUTE=compute, **tiles)
+    else:
+        coef_m = torch.empty(0, dtype=coef_dtype, device=x.device)
+        run(_group_block_normalize)[bgrid](x, y, a, b, gn_weight, gn_bias, scalars, mu_g, rstd_g, n,
+                                           c, length, groups, d, bchunk, PER_CHANNEL_AFFINE=per_channel,
+                                           COMPUTE=compute, **btiles)
     if update:
         run(_commit_running_state)[(1,)](new_mean, new_var, flags, cgrid[0], running_mean, running_var,
                                          num_batches_tracked, skipped_updates, c,
@@ -661,7 +1030,38 @@ def backward(dy, groups, gn_weight, saved, step1, traceable=False, gather=None):
     x, channels_last = _layout(x)
     dy = dy.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     n, c, length, planes, d, compute, coef_dtype, tiles, grid = _geometry(x, groups, channels_last)
+    blocks = group_block_launch(n, c, groups, length, channels_last, coef_dtype, split=gather is None)
     f64 = dict(dtype=torch.float64, device=x.device)
+    per_channel = gn_weight.dim() == 1
+    # the parameters' gradients written in their dtype by the kernels: no cast afterwards
+    wide = dict(dtype=gn_weight.dtype, device=x.device)
+    dbn_w, dbn_b = torch.empty(c, **wide), torch.empty(c, **wide)
+    d_gn_w, d_gn_b = torch.empty(c if per_channel else groups, **wide), torch.empty(c if per_channel else groups, **wide)
+    dx = torch.empty_like(x)
+    ctiles, chunk, cgrid = channel_launch(n, c, split=gather is None)
+    if blocks is not None:
+        btiles, bchunk, bgrid = blocks
+        part = torch.empty(bgrid[1], 3, c, **f64)
+        shares = bgrid[1] * d_gn_w.numel()
+        dgamma, dbeta = torch.empty(shares, **f64), torch.empty(shares, **f64)
+        run(_group_block_gradient_sums)[bgrid](x, dy, a, b, gn_weight, mu, mu_g, rstd_g, part, dgamma,
+                                               dbeta, n, c, length, groups, d, bchunk,
+                                               PER_CHANNEL_AFFINE=per_channel, COMPUTE=compute,
+                                               **btiles)
+        local_first, local_rows = 0, bgrid[1]
+        if gather is not None:  # one row per process
+            part, local_first = gather(part), gather.rank
+        terms = torch.empty(2, c, **f64)
+        # a few rows (one per chunk): 8 a step, which triton 3.6's ptxas also keeps spill-free
+        run(_channel_gradient_terms)[cgrid[:1]](part, part.shape[0], local_first, local_rows, inv, dgamma,
+                                                dbeta, terms, dbn_w, dbn_b, d_gn_w, d_gn_b, c, length,
+                                                d, STEP1=step1, PER_CHANNEL_AFFINE=per_channel,
+                                                **dict(ctiles, BLOCK_N=min(ctiles["BLOCK_N"], 8)))
+        run(_group_block_input_gradient)[bgrid](x, dy, dx, a, b, gn_weight, mu, terms, mu_g, rstd_g,
+                                                n, c, length, groups, d, bchunk, STEP1=step1,
+                                                PER_CHANNEL_AFFINE=per_channel, COMPUTE=compute,
+                                                **btiles)
+        return dx, dbn_w, dbn_b, d_gn_w, d_gn_b
     s, t = torch.empty(planes, **f64), torch.empty(planes, **f64)
     if grid[1] == 1:
         run(_plane_gradient_sums)[grid](x, dy, coef_m, s, t, planes, c, length, COMPUTE=compute, **tiles)
@@ -672,7 +1072,6 @@ def backward(dy, groups, gn_weight, saved, step1, traceable=False, gather=None):
         run(_merge_plane_sums)[(triton.cdiv(planes, MERGE_BLOCK),)](
             part_s, part_t, s, t, planes, grid[1], BLOCK_P=MERGE_BLOCK, num_warps=4)
     c_dy, c_x, c_0, p, q = (torch.empty(planes, **f64) for _ in range(5))
-    per_channel = gn_weight.dim() == 1
     shares = planes if per_channel else n * groups
     dgamma, dbeta = torch.empty(shares, **f64), torch.empty(shares, **f64)
     run(_group_gradients)[(n * groups,)](s, t, mean, var, coef_m, a, b, gn_weight, mu_g, rstd_g, c_dy,
@@ -680,21 +1079,15 @@ def backward(dy, groups, gn_weight, saved, step1, traceable=False, gather=None):
                                          PER_CHANNEL_AFFINE=per_channel, **group_launch(d))
     k_dy = torch.empty(planes, dtype=coef_dtype, device=x.device)
     k_x, k_0 = torch.empty_like(k_dy), torch.empty_like(k_dy)
-    # the parameters' gradients written in their dtype by the kernels: no cast afterwards
-    dbn_w, dbn_b = torch.empty(c, dtype=gn_weight.dtype, device=x.device), torch.empty(c, dtype=gn_weight.dtype, device=x.device)
-    ctiles, chunk, cgrid = channel_launch(n, c, split=gather is None)
     part = torch.empty(cgrid[1], 3, c, **f64)
     run(_channel_gradient_sums)[cgrid](p, q, mean, mu, part, n, c, chunk, **ctiles)
     local_first, local_rows = 0, cgrid[1]
     if gather is not None:  # one row per process
         part, local_first = gather(part), gather.rank
-    d_gn_w = torch.empty(shares // n, dtype=gn_weight.dtype, device=x.device)
-    d_gn_b = torch.empty_like(d_gn_w)
     run(_channel_gradients)[cgrid](part, part.shape[0], local_first, local_rows, mean, coef_m, c_dy,
                                    c_x, c_0, a, mu, inv, k_dy, k_x, k_0, dbn_w, dbn_b, dgamma, dbeta,
                                    d_gn_w, d_gn_b, n, c, length, d, chunk, STEP1=step1,
                                    PER_CHANNEL_AFFINE=per_channel, **ctiles)
-    dx = torch.empty_like(x)
     run(_apply)[grid](x, dy, dx, k_x, coef_m, k_0, k_dy, planes, c, length, HAS_DY=True,
                       COMPUTE=compute, **tiles)
     return dx, dbn_w, dbn_b, d_gn_w, d_gn_b

@@ -27,3 +27,19 @@ def asked_implementation_served(request):
     with kernels.served_implementations() as served:
         yield
     assert served[impl] > 0, f"impl={impl!r} never served a BCN call in this test (served: {dict(served)})"
+
+
+@pytest.fixture(params=["group_blocks", "plane_passes"])
+def triton_family(request, monkeypatch):
+    """Both families of BCN's Triton kernels: whole groups in a program where one sample's group
+    fits (small planes: ROI batches, 1x1 maps), passes over the planes elsewhere.
+    "plane_passes" takes the passes on every shape."""
+    if request.param == "plane_passes":
+        force_plane_passes(monkeypatch.setattr)
+    return request.param
+
+
+def force_plane_passes(setattr_):
+    from bcn.kernels import triton_kernels
+
+    setattr_(triton_kernels, "group_block_launch", lambda *args, **kwargs: None)

@@ -129,20 +129,23 @@ def test_an_eval_model_exports_and_runs(fresh_seed, folded):
     assert rel_err(program.module()(x), expected) < 1e-6
 
 
-def test_with_compiled_triton_the_triton_operators_trace_into_kernel_launches():
+@pytest.mark.parametrize("plane,kernels", [((5, 7), 7), ((40, 40), 11)],
+                         ids=["small_planes", "plane_passes"])
+def test_with_compiled_triton_the_triton_operators_trace_into_kernel_launches(plane, kernels):
     """On a GPU the Triton operators are torch.library.triton_ops: under torch.compile their
-    launches (through wrap_triton) become nodes of the graph -- six kernels forward, five
-    backward -- with dynamic sizes, and no opaque bcn call is left. Traced here without a GPU
-    in a process where Triton compiles rather than interprets (tracing runs no kernel)."""
+    launches (through wrap_triton) become nodes of the graph -- small planes: four kernels
+    forward, three backward; larger planes: six and five -- with dynamic sizes, and no opaque
+    bcn call is left. Traced here without a GPU in a process where Triton compiles rather than
+    interprets (tracing runs no kernel)."""
     import os
     import subprocess
     import sys
 
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    result = subprocess.run([sys.executable, "-m", "tests.core.triton_op_graph"], env=env,
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run([sys.executable, "-m", "tests.core.triton_op_graph", *map(str, plane)],
+                            env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.split()
     assert lines[:2] == ["bcn::triton_forward", "bcn::triton_backward"]
-    assert lines.count("triton_kernel_wrapper_functional") == 11
+    assert lines.count("triton_kernel_wrapper_functional") == kernels
     assert not any(line.startswith("bcn.") for line in lines)

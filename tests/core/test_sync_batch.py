@@ -11,6 +11,7 @@ import torch.multiprocessing as mp
 
 import bcn
 from tests.core import reference as ref
+from tests.core.conftest import force_plane_passes
 from tests.helpers import rel_err
 
 WORLD = 2
@@ -58,9 +59,11 @@ def reference(rank, dtype):
     return ys[rank].detach(), dx, own, (new_mean, new_var)
 
 
-def worker(rank, init_file, impl, dtype, errors):
+def worker(rank, init_file, impl, dtype, family, errors):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
+        if family == "plane_passes":
+            force_plane_passes(setattr)
         x, dy = data(rank)
         layer = bcn.BatchChannelNorm2d(64, GROUPS, sync_batch=True, impl=impl).train()
         layer.load_state_dict(layer_parameters(64), strict=False)
@@ -86,10 +89,11 @@ def worker(rank, init_file, impl, dtype, errors):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("kernels", ["cpu", "triton"])
+@pytest.mark.parametrize("kernels", ["cpu", "triton:group_blocks", "triton:plane_passes"])
 def test_synchronized_batch_statistics_in_the_kernels(tmp_path, kernels, dtype):
     """(each process asserts that the kernels served its call: the suite's served-implementation
-    check sees only this process)"""
+    check sees only this process) Both families of the Triton kernels (tests/core/conftest.py)."""
+    impl, _, family = kernels.partition(":")
     errors = mp.Manager().dict()
-    mp.spawn(worker, args=(str(tmp_path / "init"), kernels, dtype, errors), nprocs=WORLD)
+    mp.spawn(worker, args=(str(tmp_path / "init"), impl, dtype, family, errors), nprocs=WORLD)
     assert dict(errors) == {0: {}, 1: {}}

@@ -60,7 +60,8 @@ def run_layer(layer, x, grad):
     ((2, 64, 5, 7), 32),     # C=64, G=32: the stem's 2 channels per group
 ])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
-def test_training_and_eval_against_the_reference(fresh_seed, mode, shape, groups, channels_last):
+def test_training_and_eval_against_the_reference(fresh_seed, triton_family, mode, shape, groups,
+                                                 channels_last):
     if mode == "batch" and shape[0] * shape[2] * shape[3] == 1:
         pytest.skip("batch statistics need more than one value per channel")
     layer = random_bcn(shape[1], groups, mode, impl="triton").train()
@@ -91,7 +92,7 @@ def test_training_and_eval_against_the_reference(fresh_seed, mode, shape, groups
 
 
 @pytest.mark.parametrize("mode", bcn.MODES)
-def test_running_state_over_several_steps_equals_the_reference_path(fresh_seed, mode):
+def test_running_state_over_several_steps_equals_the_reference_path(fresh_seed, triton_family, mode):
     fast = random_bcn(32, 8, mode, impl="triton").train()
     slow = random_bcn(32, 8, mode, impl="reference").train()
     slow.load_state_dict(fast.state_dict())
@@ -107,7 +108,8 @@ def test_running_state_over_several_steps_equals_the_reference_path(fresh_seed, 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float16, 2e-3), (torch.bfloat16, 8e-3)], ids=["f16", "bf16"])
 @pytest.mark.parametrize("mode", bcn.MODES)
-def test_half_precision_maps_against_the_reference_of_their_rounded_values(fresh_seed, dtype, tol, mode):
+def test_half_precision_maps_against_the_reference_of_their_rounded_values(fresh_seed, triton_family,
+                                                                          dtype, tol, mode):
     """Half-precision maps with float32 parameters (what autocast gives a layer): the output and
     dx in the map's dtype, statistics and parameter gradients at float32 precision."""
     layer = random_bcn(64, 32, mode, impl="triton").train()
@@ -139,7 +141,7 @@ def test_autocast_keeps_the_map_in_its_dtype(fresh_seed):
     assert rel_err(y, truncate_bf16(want)) < 8e-3
 
 
-def test_the_frozen_variant_runs_the_kernels(fresh_seed):
+def test_the_frozen_variant_runs_the_kernels(fresh_seed, triton_family):
     layer = random_bcn(32, 8, "batch", impl="triton").eval()
     frozen = bcn.FrozenBatchChannelNorm2d.from_bcn(layer)
     x = random_input(2, 32, 5, 6)
@@ -210,7 +212,8 @@ def test_a_failing_first_use_check_warns_once_and_the_reference_path_runs(fresh_
     assert dispatch.implementation("triton", x, layer._step1(layer.pbn), torch.float32) == "reference"
 
 
-def test_a_kernel_failing_after_the_check_leaves_the_state_alone(fresh_seed, fresh_status, monkeypatch):
+def test_a_kernel_failing_after_the_check_leaves_the_state_alone(fresh_seed, fresh_status, monkeypatch,
+                                                                 triton_family):
     """A later failure (a tile variant that does not compile for a new shape) falls back
     without a double update: the running state is committed by the last kernel only."""
     from bcn.kernels import triton_kernels
@@ -223,17 +226,19 @@ def test_a_kernel_failing_after_the_check_leaves_the_state_alone(fresh_seed, fre
     first = random_input(2, 16, 3, 3)
     layer(first), twin(first)  # the check passes, the state moves
     twin.load_state_dict(layer.state_dict())
-    real_apply = triton_kernels._apply
+    real_kernels = {name: getattr(triton_kernels, name) for name in ("_apply", "_group_block_normalize")}
 
     class FailingApply:
         def __getitem__(self, grid):
             raise RuntimeError("injected: apply does not compile")
 
-    monkeypatch.setattr(triton_kernels, "_apply", FailingApply())
+    for name in real_kernels:  # the last pass over the map, in either family
+        monkeypatch.setattr(triton_kernels, name, FailingApply())
     x = random_input(2, 16, 5, 5)
     with pytest.warns(KernelUnavailableWarning, match="failed forward on cpu torch.float32"):
         y = layer(x)
     assert rel_err(y, twin(x)) < 1e-6
     for key, value in twin.state_dict().items():
         assert rel_err(layer.state_dict()[key].double(), value.double()) < 1e-6, key
-    monkeypatch.setattr(triton_kernels, "_apply", real_apply)
+    for name, kernel in real_kernels.items():
+        monkeypatch.setattr(triton_kernels, name, kernel)

@@ -2,7 +2,12 @@
 per line, the bcn operators registered as triton_ops, then the call targets of the forward
 graph AOTAutograd makes when torch.compile (dynamic shapes) traces a training step through
 bcn::triton_forward and bcn::triton_backward. Tracing runs no kernel, so no GPU is needed;
-the graph is captured by a backend that stops there."""
+the graph is captured by a backend that stops there.
+
+    python -m tests.core.triton_op_graph HEIGHT WIDTH   # the map's plane size
+"""
+import sys
+
 import torch
 from torch._dynamo.backends.common import aot_autograd
 from torch._library.triton import triton_ops_to_kernels
@@ -28,9 +33,9 @@ def step(x, bn_weight, bn_bias, gn_weight, gn_bias, mean, var, tracked, skipped,
     return out[0], grads[0], out[10]
 
 
-def main():
+def main(height, width):
     n, c, g = 2, 16, 8
-    args = (torch.randn(n, c, 5, 7), torch.ones(c), torch.zeros(c), torch.ones(1, g, 1),
+    args = (torch.randn(n, c, height, width), torch.ones(c), torch.zeros(c), torch.ones(1, g, 1),
             torch.zeros(1, g, 1), torch.zeros(c), torch.ones(c), torch.zeros((), dtype=torch.long),
             torch.zeros((), dtype=torch.long), torch.tensor([0.01]),
             torch.tensor([1e-5, 0.1, 1e-5], dtype=torch.float64))
@@ -44,4 +49,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main(*map(int, sys.argv[1:3]))
