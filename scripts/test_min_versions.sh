@@ -14,6 +14,9 @@ pip() {
 pip install -r requirements/constraints-min.txt
 # (no editable install: the tests import bcn from this checkout, and its C++ kernels build for
 # this torch under their own name)
+# The memory-traffic counts are left to the main suite: they follow from the launchers' tiles
+# and the kernels' index arithmetic, the same on every Triton, and take minutes to interpret.
 BCN_TEST_IMPLS=cpu,triton OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} .venv-min/bin/python -m pytest -p no:cacheprovider \
     tests/core/test_norm.py tests/core/test_kernels.py tests/core/test_triton.py tests/core/test_compile.py \
-    tests/core/test_triton_gpu_code.py tests/test_gpu_rehearsal.py "$@"
+    tests/core/test_triton_gpu_code.py tests/test_gpu_rehearsal.py \
+    -k "not move_what_groupnorm_moves and not fetch_the_sectors_they_use" "$@"
