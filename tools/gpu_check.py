@@ -45,6 +45,7 @@ DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 CASES = [  # (shape, groups, step-1 kinds, channels_last, per-channel affine): the suite's cases
     ((2, 64, 5, 7), 32, ("batch", "estimate", "fixed"), False, False),
     ((2, 64, 5, 7), 32, ("batch", "estimate", "fixed"), True, False),
+    ((2, 64, 24, 40), 32, ("batch", "estimate", "fixed"), False, False),  # passes over planes
     ((1, 64, 8, 8), 32, ("estimate", "fixed"), False, False),
     ((1, 64, 1, 1), 32, ("estimate",), False, False),
     ((64, 32, 7, 7), 8, ("batch", "estimate"), False, False),
@@ -236,10 +237,17 @@ def layers(s):
 # --- 4. compile -------------------------------------------------------------------------------
 
 def _opcheck_triton_operators(device):
+    for plane in ((6, 7), (40, 40)):  # whole groups a program; passes over the planes
+        _opcheck_triton_operators_at(device, plane)
+    return ["opcheck of bcn::triton_forward and bcn::triton_backward, both kernel families, "
+            "every kind of step 1: passed"]
+
+
+def _opcheck_triton_operators_at(device, plane):
     from bcn.kernels import ops
 
     n, c, g = 2, 16, 8
-    x = torch.randn(n, c, 6, 7, device=device)
+    x = torch.randn(n, c, *plane, device=device)
     params = [torch.rand(c, device=device) + 0.5, torch.randn(c, device=device),
               torch.rand(1, g, 1, device=device) + 0.5, torch.randn(1, g, 1, device=device)]
     state = [torch.zeros(c, device=device), torch.ones(c, device=device),
@@ -252,7 +260,6 @@ def _opcheck_triton_operators(device):
         torch.library.opcheck(ops.triton_forward, args)
         _, saved, _ = ops.split([o.detach() for o in ops.triton_forward(*args)], ops.TRITON_SAVED)
         torch.library.opcheck(ops.triton_backward, (torch.randn_like(x), g, params[2], [x] + saved, step1))
-    return ["opcheck of bcn::triton_forward and bcn::triton_backward, every kind of step 1: passed"]
 
 
 def _network(norm, mode, device):
