@@ -154,6 +154,16 @@ def _merge_plane_moments(part_mean_ptr, part_var_ptr, mean_ptr, var_ptr, P, L, C
     tl.store(var_ptr + planes, m2 / L, mask=pmask)
 
 
+@triton.jit
+def _store_row(part_ptr, C, cs, cmask, planes, first, second):
+    """Row program_id(1) of a (rows, 3, C) float64 table of per-channel sums: (planes, first,
+    second) for channels ``cs`` -- what _channel_stats and _sum_rows read."""
+    row = part_ptr + tl.program_id(1).to(tl.int64) * 3 * C + cs
+    tl.store(row, planes + tl.zeros_like(first), mask=cmask)
+    tl.store(row + C, first, mask=cmask)
+    tl.store(row + 2 * C, second, mask=cmask)
+
+
 @triton.jit(do_not_specialize=["N", "C", "CHUNK"])
 def _channel_moments(mean_ptr, var_ptr, part_ptr, N, C, CHUNK, BLOCK_N: tl.constexpr,
                      BLOCK_C: tl.constexpr):
@@ -178,10 +188,7 @@ def _channel_moments(mean_ptr, var_ptr, part_ptr, N, C, CHUNK, BLOCK_N: tl.const
         v = tl.load(var_ptr + idx, mask=mask, other=0.0)
         d = tl.where(mask, m - chunk_mean[None, :], 0.0)
         spread += tl.sum(v + d * d, axis=0)
-    row = part_ptr + tl.program_id(1).to(tl.int64) * 3 * C + cs
-    tl.store(row, k + tl.zeros([BLOCK_C], dtype=tl.float64), mask=cmask)
-    tl.store(row + C, chunk_mean, mask=cmask)
-    tl.store(row + 2 * C, spread / k, mask=cmask)
+    _store_row(part_ptr, C, cs, cmask, k, chunk_mean, spread / k)
 
 
 @triton.jit(do_not_specialize=["ROWS", "C", "L"])
@@ -415,10 +422,7 @@ def _channel_gradient_sums(p_ptr, q_ptr, mean_ptr, mu_ptr, part_ptr, N, C, CHUNK
         m = tl.load(mean_ptr + idx, mask=mask, other=0.0)
         sum_p += tl.sum(p, axis=0)
         sum_pq += tl.sum(q + (m - mu[None, :]) * p, axis=0)   # sum dx1 (x - mu)
-    row = part_ptr + tl.program_id(1).to(tl.int64) * 3 * C + cs
-    tl.store(row, (last - first).to(tl.float64) + tl.zeros([BLOCK_C], dtype=tl.float64), mask=cmask)
-    tl.store(row + C, sum_p, mask=cmask)
-    tl.store(row + 2 * C, sum_pq, mask=cmask)
+    _store_row(part_ptr, C, cs, cmask, (last - first).to(tl.float64), sum_p, sum_pq)
 
 
 @triton.jit
@@ -591,6 +595,12 @@ def _group_sum(v, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr):
 
 
 @triton.jit
+def _group_leaders(cmask, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr):
+    """The slots that write a per-group value: each real group's first."""
+    return cmask & (tl.arange(0, BLOCK_G * BLOCK_D) % BLOCK_D == 0)
+
+
+@triton.jit
 def _block_affine(w_ptr, gs, cs, cmask, PER_CHANNEL: tl.constexpr):
     """Step 2's gamma or beta for each slot: its channel's, or its group's."""
     return tl.load(w_ptr + (cs if PER_CHANNEL else gs), mask=cmask, other=0.0).to(tl.float64)
@@ -623,10 +633,7 @@ def _group_block_moments(x_ptr, part_ptr, N, C, L, G, D, CHUNK, CHANNELS_LAST: t
         mean += delta / (n - first).to(tl.float64)
         m2 += v + delta * (m - mean)
     k = (stop - first).to(tl.float64)
-    row = part_ptr + tl.program_id(1).to(tl.int64) * 3 * C + cs
-    tl.store(row, k + tl.zeros([BLOCK_G * BLOCK_D], dtype=tl.float64), mask=cmask)
-    tl.store(row + C, mean, mask=cmask)
-    tl.store(row + 2 * C, m2 / k, mask=cmask)
+    _store_row(part_ptr, C, cs, cmask, k, mean, m2 / k)
 
 
 @triton.jit
@@ -655,7 +662,7 @@ def _group_block_normalize(x_ptr, y_ptr, a_ptr, b_ptr, gn_w_ptr, gn_b_ptr, scala
     gamma = _block_affine(gn_w_ptr, gs, cs, cmask, PER_CHANNEL_AFFINE)
     beta = _block_affine(gn_b_ptr, gs, cs, cmask, PER_CHANNEL_AFFINE)
     eps = tl.load(scalars_ptr + 2)
-    leaders = cmask & (tl.arange(0, BLOCK_G * BLOCK_D) % BLOCK_D == 0)  # a group's first slot
+    leaders = _group_leaders(cmask, BLOCK_G, BLOCK_D)
     first, stop, n = _samples(N, CHUNK)
     for _ in range(first, stop):
         base = _sample_base(n, C, L, VEC)
@@ -715,26 +722,23 @@ def _group_block_gradient_sums(x_ptr, dy_ptr, a_ptr, b_ptr, gn_w_ptr, mu_ptr, mu
     for _ in range(first, stop):
         mu = _per_group(mu_g_ptr, n, G, BLOCK_G, BLOCK_D)
         r = _per_group(rstd_g_ptr, n, G, BLOCK_G, BLOCK_D)
+        base = _sample_base(n, C, L, VEC)
         _, _, _, m, v, s, t, dz_z, c_dy, c_x, c_0 = _block_gradient(
-            x_ptr + _sample_base(n, C, L, VEC), dy_ptr + _sample_base(n, C, L, VEC), inner, mask,
-            cmask, a, b, gamma, mu, r, L, D,
-            BLOCK_G, BLOCK_D, COMPUTE)
+            x_ptr + base, dy_ptr + base, inner, mask, cmask, a, b, gamma, mu, r, L, D, BLOCK_G,
+            BLOCK_D, COMPUTE)
         p = c_dy * s + c_0 * L                     # sum dx1 over the plane
         sum_p += p
         sum_pq += c_dy * t + c_x * L * v + (m - mu_c) * p
         dgamma += dz_z
         dbeta += s
         n += 1
-    row = part_ptr + tl.program_id(1).to(tl.int64) * 3 * C + cs
-    tl.store(row, (stop - first).to(tl.float64) + tl.zeros([BLOCK_G * BLOCK_D], dtype=tl.float64), mask=cmask)
-    tl.store(row + C, sum_p, mask=cmask)
-    tl.store(row + 2 * C, sum_pq, mask=cmask)
+    _store_row(part_ptr, C, cs, cmask, (stop - first).to(tl.float64), sum_p, sum_pq)
     if PER_CHANNEL_AFFINE:
         shares = tl.program_id(1).to(tl.int64) * C + cs
         tl.store(dgamma_part_ptr + shares, dgamma, mask=cmask)
         tl.store(dbeta_part_ptr + shares, dbeta, mask=cmask)
     else:
-        leaders = cmask & (tl.arange(0, BLOCK_G * BLOCK_D) % BLOCK_D == 0)
+        leaders = _group_leaders(cmask, BLOCK_G, BLOCK_D)
         shares = tl.program_id(1).to(tl.int64) * G + gs
         tl.store(dgamma_part_ptr + shares, _group_sum(tl.where(cmask, dgamma, 0.0), BLOCK_G, BLOCK_D), mask=leaders)
         tl.store(dbeta_part_ptr + shares, _group_sum(tl.where(cmask, dbeta, 0.0), BLOCK_G, BLOCK_D), mask=leaders)

@@ -111,8 +111,8 @@ def test_small_planes_move_what_groupnorm_moves(dtype, shape, channels_last):
     """ROI batches: every byte the kernels load and store, per-plane and per-channel values
     included, within 5% of GroupNorm's ideal (its passes over the map, plus the layer's
     parameters, running state and parameter gradients once). bfloat16 moves float16's bytes;
-    NCHW 7 x 7 ROIs the same bytes as channels_last, in 3x the interpreter's time. The
-    per-channel rows are a fixed cost, so full-size batches (512 ROIs) come out lower."""
+    NCHW 7 x 7 ROIs no more than channels_last (fewer chunks), in 3x the interpreter's time.
+    The per-channel rows are a fixed cost, so full-size batches (512 ROIs) come out lower."""
     tool = traffic_tool()
     forward, backward, tensors = tool.layer_traffic(shape, dtype, channels_last)
     ideal = tool.groupnorm_ideal(tensors)
