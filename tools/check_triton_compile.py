@@ -77,7 +77,7 @@ def recorded_launches(shape, dtype, channels_last, step, per_channel, groups=32)
         y, saved = tk.forward(x, groups, p(c), p(c), p(*affine), p(*affine), *state, step1, update,
                               p(()), scalars)
         if backward:
-            tk.backward(torch.empty_like(y), groups, p(*affine), saved, step1)
+            tk.backward(torch.empty_like(y), groups, p(c), p(c), p(*affine), scalars, saved, step1)
     finally:
         tk._launcher = real
     return launches

@@ -121,7 +121,8 @@ def layer_traffic(shape, dtype, channels_last=False, per_channel_affine=False, g
         y, saved = tk.forward(x, groups, *params.values(), *state.values(), step1, step1 != tk.FIXED,
                               torch.tensor(0.1), scalars)
         holder["t"] = backward = Traffic()
-        dx, *grads = tk.backward(dy, groups, params["gn_weight"], saved, step1)
+        dx, *grads = tk.backward(dy, groups, params["bn_weight"], params["bn_bias"], params["gn_weight"],
+                                 scalars, saved, step1)
     tensors = dict(x=x, y=y, dy=dy, dx=dx, **params, **state)
     tensors.update({f"d_{name}": g for name, g in zip(params, grads)})
     return forward, backward, tensors

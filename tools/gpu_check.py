@@ -47,7 +47,8 @@ CASES = [  # (shape, groups, step-1 kinds, channels_last, per-channel affine): t
     ((2, 64, 5, 7), 32, ("batch", "estimate", "fixed"), True, False),
     ((2, 64, 24, 40), 32, ("batch", "estimate", "fixed"), False, False),  # passes over planes
     ((1, 64, 8, 8), 32, ("estimate", "fixed"), False, False),
-    ((1, 64, 1, 1), 32, ("estimate",), False, False),
+    ((1, 64, 1, 1), 32, ("estimate",), False, False),                     # a whole layer a program
+    ((4, 256, 1, 1), 32, ("batch", "estimate", "fixed"), False, False),
     ((64, 32, 7, 7), 8, ("batch", "estimate"), False, False),
     ((64, 32, 7, 7), 8, ("batch",), True, False),
     ((2, 8, 48, 48), 4, ("batch", "estimate"), True, False),
@@ -55,7 +56,7 @@ CASES = [  # (shape, groups, step-1 kinds, channels_last, per-channel affine): t
     ((2, 16, 5, 7), 4, ("batch",), True, True),
     ((2, 256, 100, 168), 32, ("batch", "estimate"), False, False),
 ]
-REHEARSAL_CASES = [CASES[0], CASES[1], CASES[7]]
+REHEARSAL_CASES = [CASES[0], CASES[1], CASES[5], CASES[8]]
 # (name, seconds on one H100, seconds in the CPU rehearsal)
 SECTIONS = [("environment", 20, 30), ("accuracy", 70, 40), ("layers", 150, 30), ("compile", 80, 60),
             ("models", 90, 50), ("jobs", 120, 90)]
@@ -237,9 +238,9 @@ def layers(s):
 # --- 4. compile -------------------------------------------------------------------------------
 
 def _opcheck_triton_operators(device):
-    for plane in ((6, 7), (40, 40)):  # whole groups a program; passes over the planes
+    for plane in ((1, 1), (6, 7), (40, 40)):  # a whole layer; whole groups; passes over planes
         _opcheck_triton_operators_at(device, plane)
-    return ["opcheck of bcn::triton_forward and bcn::triton_backward, both kernel families, "
+    return ["opcheck of bcn::triton_forward and bcn::triton_backward, the three kernel families, "
             "every kind of step 1: passed"]
 
 
@@ -259,7 +260,8 @@ def _opcheck_triton_operators_at(device, plane):
                 step1, step1 != 2, rate, scalars)
         torch.library.opcheck(ops.triton_forward, args)
         _, saved, _ = ops.split([o.detach() for o in ops.triton_forward(*args)], ops.TRITON_SAVED)
-        torch.library.opcheck(ops.triton_backward, (torch.randn_like(x), g, params[2], [x] + saved, step1))
+        torch.library.opcheck(ops.triton_backward, (torch.randn_like(x), g, *params[:3], scalars, [x] + saved,
+                                                     step1))
 
 
 def _network(norm, mode, device):

@@ -42,7 +42,8 @@ def batch_channel_norm(x: torch.Tensor, groups: int, params: Params, state: Runn
     kernel serves.
     """
     chosen = dispatch.implementation(impl, x, step1, params.gn_weight.dtype)
-    if chosen != "reference" and _few_batch_values(x, step1) and not torch.compiler.is_compiling():
+    if chosen != "reference" and _few_batch_values(x, step1) and not torch.compiler.is_compiling() \
+            and not (chosen == "triton" and _whole_layer_in_triton(x, groups, step1)):
         y = _in_float64(x, groups, params, state, step1, eps, chosen)
         if y is not None:
             status.record_served(chosen)
@@ -155,6 +156,15 @@ def _few_batch_values(x: torch.Tensor, step1: Step1) -> bool:
     than float64."""
     return (step1.kind == "batch" and x.dtype != torch.float64
             and x.numel() <= SMALL_BATCH_VALUES * x.shape[1])
+
+
+def _whole_layer_in_triton(x: torch.Tensor, groups: int, step1: Step1) -> bool:
+    """Whether one Triton program takes the whole layer (small 1x1 maps): its algebra is
+    float64 throughout, so the map need not be widened."""
+    from .triton_kernels import whole_layer_launch
+
+    n, c, h, w = x.shape
+    return whole_layer_launch(n, c, groups, h * w, sync.gather_for(step1) is not None) is not None
 
 
 def _needs_grad(x: torch.Tensor, params: Params) -> bool:

@@ -201,29 +201,36 @@ def triton_forward(x: Tensor, groups: int, bn_weight: Tensor, bn_bias: Tensor, g
 def _triton_forward_fake(x, groups, bn_weight, bn_bias, gn_weight, gn_bias, running_mean,
                          running_var, num_batches_tracked, skipped_updates, step1, update, rate,
                          scalars):
-    from .triton_kernels import group_block_launch, reads_channels_last
+    from .triton_kernels import BATCH, group_block_launch, reads_channels_last, whole_layer_launch
 
     n, c, h, w = x.shape
     f64 = dict(dtype=torch.float64)
     coef = torch.float64 if x.dtype == torch.float64 else torch.float32
-    small = group_block_launch(n, c, groups, h * w, reads_channels_last(x), coef) is not None  # no per-plane values saved
-    planes, per_group = 0 if small else n * c, n * groups
+    # the sizes triton_kernels.forward saves: whole 1x1 layers keep step 1's statistics only
+    # (none for batch statistics), small planes no per-plane values
+    if whole_layer_launch(n, c, groups, h * w) is not None:
+        planes, per_channel, kept, per_group = 0, 0, c if step1 != BATCH else 0, 0
+    else:
+        small = group_block_launch(n, c, groups, h * w, reads_channels_last(x), coef) is not None
+        planes, per_channel, kept, per_group = 0 if small else n * c, c, c, n * groups
     return [torch.empty_like(x), x.new_empty(planes, **f64), x.new_empty(planes, **f64),
             x.new_empty(planes, dtype=coef)] + \
-        [x.new_empty(c, **f64) for _ in range(4)] + [x.new_empty(per_group, **f64) for _ in range(2)] + \
+        [x.new_empty(per_channel, **f64) for _ in range(2)] + [x.new_empty(kept, **f64) for _ in range(2)] + \
+        [x.new_empty(per_group, **f64) for _ in range(2)] + \
         [torch.empty_like(t) for t in (running_mean, running_var, num_batches_tracked, skipped_updates)]
 
 
 @_operator("bcn::triton_backward", _make_triton_operator)
-def triton_backward(grad: Tensor, groups: int, gn_weight: Tensor, saved: List[Tensor],
+def triton_backward(grad: Tensor, groups: int, bn_weight: Tensor, bn_bias: Tensor,
+                    gn_weight: Tensor, scalars: Tensor, saved: List[Tensor],
                     step1: int) -> List[Tensor]:
     from . import triton_kernels
 
-    return list(triton_kernels.backward(grad, groups, gn_weight, triton_kernels.Saved(*saved),
-                                        step1, traceable=_TRACEABLE))
+    return list(triton_kernels.backward(grad, groups, bn_weight, bn_bias, gn_weight, scalars,
+                                        triton_kernels.Saved(*saved), step1, traceable=_TRACEABLE))
 
 
-def _triton_backward_fake(grad, groups, gn_weight, saved, step1):
+def _triton_backward_fake(grad, groups, bn_weight, bn_bias, gn_weight, scalars, saved, step1):
     x = saved[0]
     c = x.shape[1]
     shares = c if gn_weight.dim() == 1 else groups
@@ -241,13 +248,14 @@ def _triton_setup(ctx, inputs, output):
     args = arguments(triton_forward, inputs)
     _, saved, _ = split(output, TRITON_SAVED)
     ctx.save_for_backward(args["x"], *saved, args["bn_weight"], args["bn_bias"], args["gn_weight"],
-                          args["gn_bias"])
+                          args["gn_bias"], args["scalars"])
     ctx.groups, ctx.step1, ctx.inputs = args["groups"], args["step1"], len(inputs)
 
 
 def _triton_backward(ctx, grads):
-    *saved, bn_weight, bn_bias, gn_weight, gn_bias = ctx.saved_tensors
-    dx, *param_grads = triton_backward(grads[0], ctx.groups, gn_weight, saved, ctx.step1)
+    *saved, bn_weight, bn_bias, gn_weight, gn_bias, scalars = ctx.saved_tensors
+    dx, *param_grads = triton_backward(grads[0], ctx.groups, bn_weight, bn_bias, gn_weight, scalars,
+                                       saved, ctx.step1)
     from .arguments import Params
     from .triton_autograd import parameter_gradients
 

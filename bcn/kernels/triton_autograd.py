@@ -34,7 +34,8 @@ class TritonBatchChannelNorm(torch.autograd.Function):
         params = Params(bn_weight, bn_bias, gn_weight, gn_bias)
         try:
             with on_device(dy.device):
-                grads = tk.backward(dy, ctx.groups, gn_weight, saved, ctx.step1.code, gather=ctx.gather)
+                grads = tk.backward(dy, ctx.groups, bn_weight, bn_bias, gn_weight, ctx.scalars, saved,
+                                    ctx.step1.code, gather=ctx.gather)
         except Exception as error:  # a variant that does not compile here: same gradients, slower
             if ctx.gather is not None:
                 raise  # the other processes wait in the kernels' all-gather: no fallback alone

@@ -15,7 +15,9 @@ solve the coefficients in float64:
 
 The merges run where a pass is cut into chunks for parallel work (plane_launch,
 channel_launch); the all-gathers where step 1's batch statistics are synchronized across
-processes (as SyncBatchNorm does: one small collective per direction, no extra pass).
+processes (as SyncBatchNorm does: one small collective per direction, no extra pass). Small
+planes (ROI batches) keep the per-plane values in registers instead (group_block_launch), and
+small 1x1 maps are one program each way (whole_layer_launch); both are further below.
 
 Step 1's statistics come from the batch (STEP1 = BATCH, Eq. 16), from the estimates moved at
 the learning rate (ESTIMATE, Algorithm 1) or from the running state as it is (FIXED: eval, or
@@ -191,6 +193,30 @@ def _channel_moments(mean_ptr, var_ptr, part_ptr, N, C, CHUNK, BLOCK_N: tl.const
     _store_row(part_ptr, C, cs, cmask, k, chunk_mean, spread / k)
 
 
+@triton.jit
+def _step1_statistics(batch_mean, batch_var, values, run_mean, run_var, scalars_ptr, rate_ptr,
+                      STEP1: tl.constexpr):
+    """Step 1 from the batch's moments over ``values`` values a channel (float64): (the mean
+    and variance it normalizes with, the new running mean and variance). BATCH: the batch's,
+    the running state moved at BatchNorm's momentum with the unbiased variance; ESTIMATE: the
+    estimates moved at the rate (Algorithm 1), which it normalizes with."""
+    if STEP1 == 0:
+        momentum = tl.load(scalars_ptr + 1)
+        new_mean = (1.0 - momentum) * run_mean + momentum * batch_mean
+        new_var = (1.0 - momentum) * run_var + momentum * batch_var * (values / (values - 1.0))
+        mu = batch_mean
+        var = batch_var
+    else:
+        # Algorithm 1: the mean square around the OLD estimate
+        around_old = batch_var + (batch_mean - run_mean) * (batch_mean - run_mean)
+        rate = tl.load(rate_ptr).to(tl.float64)
+        new_mean = run_mean + rate * (batch_mean - run_mean)
+        new_var = run_var + rate * (around_old - run_var)
+        mu = new_mean
+        var = new_var
+    return mu, var, new_mean, new_var
+
+
 @triton.jit(do_not_specialize=["ROWS", "C", "L"])
 def _channel_stats(part_ptr, ROWS, C, L, bn_w_ptr, bn_b_ptr, run_mean_ptr, run_var_ptr,
                    scalars_ptr, rate_ptr, a_ptr, b_ptr, mu_ptr, inv_ptr, new_mean_ptr,
@@ -220,22 +246,8 @@ def _channel_stats(part_ptr, ROWS, C, L, bn_w_ptr, bn_b_ptr, run_mean_ptr, run_v
             batch_mean += delta * (k / merged)
             m2 += k * tl.load(row + 2 * C, mask=cmask, other=0.0) + delta * delta * (count * k / merged)
             count = merged
-        batch_var = m2 / count
-        if STEP1 == 0:
-            momentum = tl.load(scalars_ptr + 1)
-            values = count * L
-            new_mean = (1.0 - momentum) * run_mean + momentum * batch_mean
-            new_var = (1.0 - momentum) * run_var + momentum * batch_var * (values / (values - 1.0))
-            mu = batch_mean
-            var = batch_var
-        else:
-            # Algorithm 1: the mean square around the OLD estimate
-            around_old = batch_var + (batch_mean - run_mean) * (batch_mean - run_mean)
-            rate = tl.load(rate_ptr).to(tl.float64)
-            new_mean = run_mean + rate * (batch_mean - run_mean)
-            new_var = run_var + rate * (around_old - run_var)
-            mu = new_mean
-            var = new_var
+        mu, var, new_mean, new_var = _step1_statistics(batch_mean, m2 / count, count * L, run_mean,
+                                                       run_var, scalars_ptr, rate_ptr, STEP1)
         if UPDATE:
             tl.store(new_mean_ptr + cs, new_mean, mask=cmask)
             tl.store(new_var_ptr + cs, new_var, mask=cmask)
@@ -800,6 +812,164 @@ def _group_block_input_gradient(x_ptr, dy_ptr, dx_ptr, a_ptr, b_ptr, gn_w_ptr, m
         n += 1
 
 
+# --- Whole layers (1x1 maps: DeepLabV3's image-pooling branch): one program ------------------
+# Where the whole map of a layer is a few thousand values, one program holds all of it: step 1's
+# statistics, step 2's and the running state's update are taken in registers, the map is read
+# once and written once, and nothing per channel goes through memory but the layer's own
+# parameters, state and gradients. The backward takes batch statistics anew from x (the same
+# code on the same values: the forward's numbers); estimates and fixed statistics are saved.
+#
+#     forward   whole_layer_forward (read x, write y, update the running state)
+#     backward  whole_layer_backward (read x, dy, write dx and the parameters' gradients)
+
+
+@triton.jit
+def _whole_map(ptr, N, C, cs, cmask, BLOCK_N: tl.constexpr):
+    """The (N, C) map of a 1x1 layer as [BLOCK_N, slots] in float64: (values, their offsets,
+    which are real)."""
+    ns = tl.arange(0, BLOCK_N)
+    offs = ns[:, None] * C + cs[None, :]
+    mask = (ns < N)[:, None] & cmask[None, :]
+    return tl.load(ptr + offs, mask=mask, other=0.0).to(tl.float64), offs, mask
+
+
+@triton.jit
+def _batch_moments(x, mask, N):
+    """Step 1's batch statistics of a whole 1x1 map, per slot: (mean, biased variance) over the
+    samples, Eq. 16."""
+    share = 1.0 / N.to(tl.float64)  # one division: a float64 division is a subroutine call
+    mean = tl.sum(x, axis=0) * share
+    d = tl.where(mask, x - mean[None, :], 0.0)
+    return mean, tl.sum(d * d, axis=0) * share
+
+
+@triton.jit
+def _rows_group_mean(v, mask, D, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr,
+                     BLOCK_D: tl.constexpr):
+    """[BLOCK_N, slots] -> [BLOCK_N, BLOCK_G]: each sample's mean over each group's channels
+    (1x1 maps: a group's D values)."""
+    sums = tl.sum(tl.reshape(tl.where(mask, v, 0.0), (BLOCK_N, BLOCK_G, BLOCK_D)), axis=2)
+    return sums * (1.0 / D.to(tl.float64))
+
+
+@triton.jit
+def _rows_to_slots(per_group, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr,
+                   BLOCK_D: tl.constexpr):
+    """[BLOCK_N, BLOCK_G] -> [BLOCK_N, slots]: each slot gets its group's value."""
+    return tl.reshape(tl.broadcast_to(per_group[:, :, None], (BLOCK_N, BLOCK_G, BLOCK_D)),
+                      (BLOCK_N, BLOCK_G * BLOCK_D))
+
+
+@triton.jit
+def _rows_group_average(v, mask, D, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr,
+                        BLOCK_D: tl.constexpr):
+    """[BLOCK_N, slots] -> the same shape: each value replaced by its group's mean."""
+    return _rows_to_slots(_rows_group_mean(v, mask, D, BLOCK_N, BLOCK_G, BLOCK_D), BLOCK_N,
+                          BLOCK_G, BLOCK_D)
+
+
+@triton.jit
+def _whole_step2(x, mask, a, b, D, eps, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr,
+                 BLOCK_D: tl.constexpr):
+    """Step 2 on step 1's output x1 = a x + b: (z, its group's 1/std r), z = (x1 - mu) r; the
+    statistics taken per (sample, group), then spread over the slots."""
+    x1 = a[None, :] * x + b[None, :]
+    dev = tl.where(mask, x1 - _rows_group_average(x1, mask, D, BLOCK_N, BLOCK_G, BLOCK_D), 0.0)
+    r = 1.0 / tl.sqrt(_rows_group_mean(dev * dev, mask, D, BLOCK_N, BLOCK_G, BLOCK_D) + eps)
+    r = _rows_to_slots(r, BLOCK_N, BLOCK_G, BLOCK_D)
+    return dev * r, r
+
+
+@triton.jit(do_not_specialize=["N", "C", "G", "D"])
+def _whole_layer_forward(x_ptr, y_ptr, bn_w_ptr, bn_b_ptr, gn_w_ptr, gn_b_ptr, run_mean_ptr,
+                         run_var_ptr, tracked_ptr, skipped_ptr, scalars_ptr, rate_ptr, mu_ptr,
+                         inv_ptr, N, C, G, D, STEP1: tl.constexpr, UPDATE: tl.constexpr,
+                         SAVE: tl.constexpr, PER_CHANNEL_AFFINE: tl.constexpr,
+                         EXACT_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr,
+                         BLOCK_D: tl.constexpr):
+    """A whole 1x1 layer: y, the running state moved and committed (only if every channel's new
+    values are finite, as _commit_running_state), and step 1's statistics saved (``SAVE``:
+    estimates and fixed statistics, which the backward cannot take anew from x)."""
+    gs, cs, cmask = _block_slots(G, D, EXACT_D, BLOCK_G, BLOCK_D)
+    x, offs, mask = _whole_map(x_ptr, N, C, cs, cmask, BLOCK_N)
+    old_mean = tl.load(run_mean_ptr + cs, mask=cmask, other=0.0)
+    old_var = tl.load(run_var_ptr + cs, mask=cmask, other=1.0)
+    run_mean, run_var = old_mean.to(tl.float64), old_var.to(tl.float64)
+    if STEP1 == 2:
+        mu = run_mean
+        var = run_var
+    else:
+        batch_mean, batch_var = _batch_moments(x, mask, N)
+        mu, var, new_mean, new_var = _step1_statistics(batch_mean, batch_var, N.to(tl.float64),
+                                                       run_mean, run_var, scalars_ptr, rate_ptr, STEP1)
+        if UPDATE:
+            ok = tl.sum((cmask & ~(_finite(new_mean) & _finite(new_var))).to(tl.int32), axis=0) == 0
+            tl.store(run_mean_ptr + cs, tl.where(ok, new_mean.to(old_mean.dtype), old_mean), mask=cmask)
+            tl.store(run_var_ptr + cs, tl.where(ok, new_var.to(old_var.dtype), old_var), mask=cmask)
+            tl.store(tracked_ptr, tl.load(tracked_ptr) + ok.to(tl.int64))
+            tl.store(skipped_ptr, tl.load(skipped_ptr) + (1 - ok.to(tl.int64)))
+    inv = 1.0 / tl.sqrt(var + tl.load(scalars_ptr))
+    if SAVE:
+        tl.store(mu_ptr + cs, mu, mask=cmask)
+        tl.store(inv_ptr + cs, inv, mask=cmask)
+    a = tl.load(bn_w_ptr + cs, mask=cmask, other=1.0).to(tl.float64) * inv
+    b = tl.load(bn_b_ptr + cs, mask=cmask, other=0.0).to(tl.float64) - a * mu
+    z, _ = _whole_step2(x, mask, a, b, D, tl.load(scalars_ptr + 2), BLOCK_N, BLOCK_G, BLOCK_D)
+    gamma = _block_affine(gn_w_ptr, gs, cs, cmask, PER_CHANNEL_AFFINE)
+    beta = _block_affine(gn_b_ptr, gs, cs, cmask, PER_CHANNEL_AFFINE)
+    y = gamma[None, :] * z + beta[None, :]
+    tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit(do_not_specialize=["N", "C", "G", "D"])
+def _whole_layer_backward(x_ptr, dy_ptr, dx_ptr, bn_w_ptr, bn_b_ptr, gn_w_ptr, scalars_ptr,
+                          mu_ptr, inv_ptr, dbn_w_ptr, dbn_b_ptr, dgamma_ptr, dbeta_ptr, N, C, G,
+                          D, STEP1: tl.constexpr, PER_CHANNEL_AFFINE: tl.constexpr,
+                          EXACT_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr,
+                          BLOCK_D: tl.constexpr):
+    """A whole 1x1 layer's backward. Step 2 (GroupNorm's): dx1 = r (g - <g> - z <g z>) with
+    g = gamma dy and <.> the mean over a sample's group; step 1: dx = a dx1 for estimates and
+    fixed statistics, dx = a (dx1 - mean(dx1) - x^ mean(dx1 x^)) for batch statistics (means
+    over the samples). Gradients written in the parameters' dtype."""
+    gs, cs, cmask = _block_slots(G, D, EXACT_D, BLOCK_G, BLOCK_D)
+    x, offs, mask = _whole_map(x_ptr, N, C, cs, cmask, BLOCK_N)
+    dy, _, _ = _whole_map(dy_ptr, N, C, cs, cmask, BLOCK_N)
+    if STEP1 == 0:
+        mu, var = _batch_moments(x, mask, N)
+        inv = 1.0 / tl.sqrt(var + tl.load(scalars_ptr))
+    else:
+        mu = tl.load(mu_ptr + cs, mask=cmask, other=0.0)
+        inv = tl.load(inv_ptr + cs, mask=cmask, other=0.0)
+    a = tl.load(bn_w_ptr + cs, mask=cmask, other=1.0).to(tl.float64) * inv
+    b = tl.load(bn_b_ptr + cs, mask=cmask, other=0.0).to(tl.float64) - a * mu
+    z, r = _whole_step2(x, mask, a, b, D, tl.load(scalars_ptr + 2), BLOCK_N, BLOCK_G, BLOCK_D)
+    gamma = _block_affine(gn_w_ptr, gs, cs, cmask, PER_CHANNEL_AFFINE)
+    dz_z = tl.sum(dy * z, axis=0)  # z and dy are zero off the map
+    dy_sum = tl.sum(dy, axis=0)
+    if PER_CHANNEL_AFFINE:
+        tl.store(dgamma_ptr + cs, dz_z.to(dgamma_ptr.dtype.element_ty), mask=cmask)
+        tl.store(dbeta_ptr + cs, dy_sum.to(dbeta_ptr.dtype.element_ty), mask=cmask)
+    else:
+        leaders = _group_leaders(cmask, BLOCK_G, BLOCK_D)
+        tl.store(dgamma_ptr + gs, _group_sum(dz_z, BLOCK_G, BLOCK_D).to(dgamma_ptr.dtype.element_ty),
+                 mask=leaders)
+        tl.store(dbeta_ptr + gs, _group_sum(dy_sum, BLOCK_G, BLOCK_D).to(dbeta_ptr.dtype.element_ty),
+                 mask=leaders)
+    g = gamma[None, :] * dy
+    dx1 = r * (g - _rows_group_average(g, mask, D, BLOCK_N, BLOCK_G, BLOCK_D)
+               - z * _rows_group_average(g * z, mask, D, BLOCK_N, BLOCK_G, BLOCK_D))
+    dx1 = tl.where(mask, dx1, 0.0)
+    x_hat = tl.where(mask, (x - mu[None, :]) * inv[None, :], 0.0)
+    sum_p = tl.sum(dx1, axis=0)
+    sum_pq = tl.sum(dx1 * x_hat, axis=0)
+    tl.store(dbn_b_ptr + cs, sum_p.to(dbn_b_ptr.dtype.element_ty), mask=cmask)
+    tl.store(dbn_w_ptr + cs, sum_pq.to(dbn_w_ptr.dtype.element_ty), mask=cmask)
+    if STEP1 == 0:
+        share = 1.0 / N.to(tl.float64)
+        dx1 = dx1 - (sum_p * share)[None, :] - x_hat * (sum_pq * share)[None, :]
+    tl.store(dx_ptr + offs, (a[None, :] * dx1).to(dx_ptr.dtype.element_ty), mask=mask)
+
+
 def _layout(x: torch.Tensor):
     """(x as the kernels read it, whether it is channels_last): channels_last stays
     channels_last, anything else becomes NCHW-contiguous."""
@@ -913,6 +1083,36 @@ def group_block_launch(n: int, c: int, groups: int, length: int, channels_last: 
             chunk, (blocks, triton.cdiv(n, chunk)))
 
 
+_WHOLE_LAYER = 2048  # values of a map that one program takes whole (whole_layer_launch)
+
+
+def _power_of_2_at_least(v):
+    """triton.next_power_of_2 by comparisons: on a traced (symbolic) size it guards a range,
+    where next_power_of_2's bit operations would build an expression that takes minutes."""
+    p = 1
+    while p < v:
+        p *= 2
+    return p
+
+
+def whole_layer_launch(n: int, c: int, groups: int, length: int, synchronized: bool = False):
+    """Tile sizes and warps of the whole-layer kernels, or None where they do not serve.
+
+    1x1 maps of up to ``_WHOLE_LAYER`` values (padded to powers of two: samples x groups x
+    channels per group), not synchronized (a program cannot wait for other processes' sums).
+    One warp per 128 values (at most 16 warps): 4 float64 values a thread, so that what stays
+    live across float64 divisions (a subroutine call in SASS) fits the registers -- 8 a thread
+    left a few values on the stack on sm_80-sm_90.
+    """
+    if length != 1 or synchronized:
+        return None
+    block_n, block_g, block_d = (_power_of_2_at_least(v) for v in (n, groups, c // groups))
+    if block_n * block_g * block_d > _WHOLE_LAYER:
+        return None
+    return dict(EXACT_D=block_d == c // groups, BLOCK_N=block_n, BLOCK_G=block_g, BLOCK_D=block_d,
+                num_warps=max(1, min(16, block_n * block_g * block_d // 128)))
+
+
 def group_launch(groups_d: int):
     """Tile and warps of the per-(sample, group) kernels: a group's D channels, one warp for
     up to 64 of them."""
@@ -968,10 +1168,22 @@ def forward(x, groups, bn_weight, bn_bias, gn_weight, gn_bias, running_mean, run
     run = _launcher(traceable)
     x, channels_last = _layout(x)
     n, c, length, planes, d, compute, coef_dtype, tiles, grid = _geometry(x, groups, channels_last)
-    blocks = group_block_launch(n, c, groups, length, channels_last, coef_dtype, split=gather is None)
     f64 = dict(dtype=torch.float64, device=x.device)
-    ctiles, chunk, cgrid = channel_launch(n, c, split=gather is None)
     per_channel = gn_weight.dim() == 1
+    whole = whole_layer_launch(n, c, groups, length, synchronized=gather is not None)
+    if whole is not None:
+        y = torch.empty_like(x)
+        kept = c if step1 != BATCH else 0  # batch statistics: the backward takes them anew
+        mu, inv = torch.empty(kept, **f64), torch.empty(kept, **f64)
+        run(_whole_layer_forward)[(1,)](x, y, bn_weight, bn_bias, gn_weight, gn_bias, running_mean,
+                                        running_var, num_batches_tracked, skipped_updates, scalars,
+                                        rate, mu, inv, n, c, groups, d, STEP1=step1, UPDATE=update,
+                                        SAVE=kept > 0, PER_CHANNEL_AFFINE=per_channel, **whole)
+        nothing = [torch.empty(0, **f64) for _ in range(6)]
+        return y, Saved(x, nothing[0], nothing[1], torch.empty(0, dtype=coef_dtype, device=x.device),
+                        nothing[2], nothing[3], mu, inv, nothing[4], nothing[5])
+    blocks = group_block_launch(n, c, groups, length, channels_last, coef_dtype, split=gather is None)
+    ctiles, chunk, cgrid = channel_launch(n, c, split=gather is None)
     if blocks is None:
         mean, var = torch.empty(planes, **f64), torch.empty(planes, **f64)
         if grid[1] == 1:
@@ -1025,16 +1237,17 @@ def forward(x, groups, bn_weight, bn_bias, gn_weight, gn_bias, running_mean, run
     return y, Saved(x, mean, var, coef_m, a, b, mu, inv, mu_g, rstd_g)
 
 
-def backward(dy, groups, gn_weight, saved, step1, traceable=False, gather=None):
+def backward(dy, groups, bn_weight, bn_bias, gn_weight, scalars, saved, step1, traceable=False,
+             gather=None):
     """(dx, d bn_weight, d bn_bias, d gn_weight, d gn_bias); parameter gradients in the
-    parameters' dtype (gn_weight's), gn's flat ((G,) or (C,)). ``gather``: as in forward, for
-    the sums of BatchNorm's backward (the parameters' gradients stay this process's own)."""
+    parameters' dtype (gn_weight's), gn's flat ((G,) or (C,)). The parameters and scalars are
+    the forward's. ``gather``: as in forward, for the sums of BatchNorm's backward (the
+    parameters' gradients stay this process's own)."""
     run = _launcher(traceable)
     x, mean, var, coef_m, a, b, mu, inv, mu_g, rstd_g = saved
     x, channels_last = _layout(x)
     dy = dy.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     n, c, length, planes, d, compute, coef_dtype, tiles, grid = _geometry(x, groups, channels_last)
-    blocks = group_block_launch(n, c, groups, length, channels_last, coef_dtype, split=gather is None)
     f64 = dict(dtype=torch.float64, device=x.device)
     per_channel = gn_weight.dim() == 1
     # the parameters' gradients written in their dtype by the kernels: no cast afterwards
@@ -1042,6 +1255,13 @@ def backward(dy, groups, gn_weight, saved, step1, traceable=False, gather=None):
     dbn_w, dbn_b = torch.empty(c, **wide), torch.empty(c, **wide)
     d_gn_w, d_gn_b = torch.empty(c if per_channel else groups, **wide), torch.empty(c if per_channel else groups, **wide)
     dx = torch.empty_like(x)
+    whole = whole_layer_launch(n, c, groups, length, synchronized=gather is not None)
+    if whole is not None:
+        run(_whole_layer_backward)[(1,)](x, dy, dx, bn_weight, bn_bias, gn_weight, scalars, mu, inv,
+                                         dbn_w, dbn_b, d_gn_w, d_gn_b, n, c, groups, d, STEP1=step1,
+                                         PER_CHANNEL_AFFINE=per_channel, **whole)
+        return dx, dbn_w, dbn_b, d_gn_w, d_gn_b
+    blocks = group_block_launch(n, c, groups, length, channels_last, coef_dtype, split=gather is None)
     ctiles, chunk, cgrid = channel_launch(n, c, split=gather is None)
     if blocks is not None:
         btiles, bchunk, bgrid = blocks

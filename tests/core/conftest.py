@@ -31,15 +31,19 @@ def asked_implementation_served(request):
 
 @pytest.fixture(params=["group_blocks", "plane_passes"])
 def triton_family(request, monkeypatch):
-    """Both families of BCN's Triton kernels: whole groups in a program where one sample's group
-    fits (small planes: ROI batches, 1x1 maps), passes over the planes elsewhere.
-    "plane_passes" takes the passes on every shape."""
-    if request.param == "plane_passes":
-        force_plane_passes(monkeypatch.setattr)
+    """Both families of BCN's Triton kernels that serve every shape: whole groups in a program
+    where one sample's group fits (small planes: ROI batches, 1x1 maps), passes over the
+    planes elsewhere; "plane_passes" takes the passes on every shape. Whole 1x1 layers in one
+    program are off here (test_triton's whole-layer tests hold them to the reference), so
+    that 1x1 maps test the group blocks too."""
+    force_family(monkeypatch.setattr, request.param)
     return request.param
 
 
-def force_plane_passes(setattr_):
+def force_family(setattr_, family):
+    """Dispatch every shape that ``family`` ("group_blocks", "plane_passes") can serve to it."""
     from bcn.kernels import triton_kernels
 
-    setattr_(triton_kernels, "group_block_launch", lambda *args, **kwargs: None)
+    setattr_(triton_kernels, "whole_layer_launch", lambda *args, **kwargs: None)
+    if family == "plane_passes":
+        setattr_(triton_kernels, "group_block_launch", lambda *args, **kwargs: None)

@@ -46,12 +46,15 @@ def test_the_operators_pass_opcheck(fresh_seed):
     torch.library.opcheck(ops.standardize_weight_backward, (torch.randn_like(z), weight.detach(), row_mean, row_scale))
     # The Triton operators, here in Triton's interpreter (custom_ops with their own fakes; on a
     # GPU they are triton_ops: tools/gpu_check.py opchecks them there)
+    # (1x1 maps: the whole-layer kernels, which save less)
     scalars = torch.tensor([1e-5, 0.1, 1e-5], dtype=torch.float64)
-    for step1 in (0, 1, 2):  # batch, estimate, fixed
-        args = (x.clone().requires_grad_(), g, *params, *state, step1, step1 != 2, rate.float().reshape(1), scalars)
-        torch.library.opcheck(ops.triton_forward, args)
-        _, saved, _ = ops.split([o.detach() for o in ops.triton_forward(*args)], ops.TRITON_SAVED)
-        torch.library.opcheck(ops.triton_backward, (torch.randn_like(x), g, params[2].detach(), [x] + saved, step1))
+    for x in (x, random_input(2, 8, 1, 1)):
+        for step1 in (0, 1, 2):  # batch, estimate, fixed
+            args = (x.clone().requires_grad_(), g, *params, *state, step1, step1 != 2, rate.float().reshape(1), scalars)
+            torch.library.opcheck(ops.triton_forward, args)
+            _, saved, _ = ops.split([o.detach() for o in ops.triton_forward(*args)], ops.TRITON_SAVED)
+            torch.library.opcheck(ops.triton_backward, (torch.randn_like(x), g, *(p.detach() for p in params[:3]),
+                                                        scalars, [x] + saved, step1))
 
 
 @pytest.mark.parametrize("impl", ["auto", "triton"])
@@ -129,12 +132,13 @@ def test_an_eval_model_exports_and_runs(fresh_seed, folded):
     assert rel_err(program.module()(x), expected) < 1e-6
 
 
-@pytest.mark.parametrize("plane,kernels", [((5, 7), 7), ((40, 40), 11)],
-                         ids=["small_planes", "plane_passes"])
+@pytest.mark.parametrize("plane,kernels", [((1, 1), 2), ((5, 7), 7), ((40, 40), 11)],
+                         ids=["whole_layer", "small_planes", "plane_passes"])
 def test_with_compiled_triton_the_triton_operators_trace_into_kernel_launches(plane, kernels):
     """On a GPU the Triton operators are torch.library.triton_ops: under torch.compile their
-    launches (through wrap_triton) become nodes of the graph -- small planes: four kernels
-    forward, three backward; larger planes: six and five -- with dynamic sizes, and no opaque
+    launches (through wrap_triton) become nodes of the graph -- a whole 1x1 layer: one kernel
+    each way; small planes: four kernels forward, three backward; larger planes: six and five
+    -- with dynamic sizes, and no opaque
     bcn call is left. Traced here without a GPU in a process where Triton compiles rather than
     interprets (tracing runs no kernel)."""
     import os

@@ -11,7 +11,7 @@ import torch.multiprocessing as mp
 
 import bcn
 from tests.core import reference as ref
-from tests.core.conftest import force_plane_passes
+from tests.core.conftest import force_family
 from tests.helpers import rel_err
 
 WORLD = 2
@@ -62,8 +62,8 @@ def reference(rank, dtype):
 def worker(rank, init_file, impl, dtype, family, errors):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
-        if family == "plane_passes":
-            force_plane_passes(setattr)
+        if family:
+            force_family(setattr, family)
         x, dy = data(rank)
         layer = bcn.BatchChannelNorm2d(64, GROUPS, sync_batch=True, impl=impl).train()
         layer.load_state_dict(layer_parameters(64), strict=False)

@@ -91,6 +91,79 @@ def test_training_and_eval_against_the_reference(fresh_seed, triton_family, mode
     assert all(torch.equal(v, before[k]) for k, v in layer.state_dict().items())
 
 
+@pytest.fixture
+def launched(monkeypatch):
+    """The names of the Triton kernels launched, in order (after the first-use checks, which
+    launch kernels of their own)."""
+    from bcn.kernels import triton_kernels
+
+    for dtype in (torch.float32, torch.float64, torch.float16):
+        assert dispatch.triton_ready(torch.device("cpu"), dtype)
+    names, real = [], triton_kernels._launcher
+
+    def recording(traceable):
+        launch = real(traceable)
+        return lambda kernel: names.append(kernel.__name__) or launch(kernel)
+
+    monkeypatch.setattr(triton_kernels, "_launcher", recording)
+    return names
+
+
+@pytest.mark.parametrize("mode", bcn.MODES)
+@pytest.mark.parametrize("shape,groups,affine", [
+    ((4, 256, 1, 1), 32, "group"),   # DeepLabV3's image pooling, 4 images a GPU
+    ((2, 64, 1, 1), 32, "group"),    # two values per channel, two channels per group
+    ((5, 96, 1, 1), 32, "channel"),  # padded samples and groups (3 channels per group)
+    ((1, 64, 1, 1), 32, "group"),    # batch 1 (estimate mode only)
+])
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float64, 1e-9), (torch.float16, 2e-3)],
+                         ids=["f32", "f64", "f16"])
+def test_whole_1x1_layers_in_one_program_against_the_reference(fresh_seed, launched, mode, shape,
+                                                               groups, affine, dtype, tol):
+    """1x1 maps small enough for one program: one kernel a direction (the backward takes batch
+    statistics anew from x), against the float64 reference in training and eval; float16
+    maps against the reference of their rounded values."""
+    if mode == "batch" and shape[0] == 1:
+        pytest.skip("batch statistics need more than one value per channel")
+    layer = random_bcn(shape[1], groups, mode, affine, impl="triton").train()
+    wide = torch.float64 if dtype == torch.float64 else torch.float32
+    layer.to(wide)
+    rate = 0.05 + float(torch.rand(())) * 0.4
+    bcn.set_estimate_rate(layer, rate)
+    x, grad = random_input(*shape).to(dtype), torch.randn(shape).to(dtype)
+    for training in (True, False):
+        layer.train(training).zero_grad()
+        want_y, want_grads, want_state = reference_layer(layer, x, grad, rate)
+        launched.clear()
+        y, grads = run_layer(layer, x, grad)
+        assert launched == ["_whole_layer_forward", "_whole_layer_backward"]
+        assert y.dtype == dtype and grads[0].dtype == dtype
+        assert rel_err(y, want_y.to(dtype)) < tol and rel_err(grads[0], want_grads[0].to(dtype)) < tol
+        for name, got, want in zip(("gamma_b", "beta_b", "gamma", "beta"), grads[1:], want_grads[1:]):
+            assert got.dtype == wide and rel_err(got, want.view_as(got)) < min(tol, 1e-5), name
+        if training:
+            assert rel_err(layer.pbn.running_mean, want_state[0]) < min(tol, 1e-6)
+            assert rel_err(layer.pbn.running_var, want_state[1]) < min(tol, 1e-6)
+            assert int(layer.pbn.num_batches_tracked) == 1 and int(layer.skipped_updates) == 0
+
+
+@pytest.mark.parametrize("mode", bcn.MODES)
+def test_a_whole_1x1_layer_skips_a_non_finite_update(fresh_seed, launched, mode):
+    layer = random_bcn(256, 32, mode, impl="triton").train()
+    bcn.set_estimate_rate(layer, 0.2)
+    before = {k: v.clone() for k, v in layer.state_dict().items()}
+    x = random_input(4, 256, 1, 1)
+    x[2, 7] = float("nan")
+    assert not torch.isfinite(layer(x)).all()
+    assert launched == ["_whole_layer_forward"]
+    for k, v in layer.state_dict().items():
+        if k != "skipped_updates":
+            assert torch.equal(v, before[k]), k
+    assert int(layer.skipped_updates) == 1
+    layer(random_input(4, 256, 1, 1))
+    assert int(layer.pbn.num_batches_tracked) == 1 and int(layer.skipped_updates) == 1
+
+
 @pytest.mark.parametrize("mode", bcn.MODES)
 def test_running_state_over_several_steps_equals_the_reference_path(fresh_seed, triton_family, mode):
     fast = random_bcn(32, 8, mode, impl="triton").train()

@@ -105,14 +105,15 @@ def test_map_accesses_fetch_the_sectors_they_use(triton_family, dtype, shape, ch
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("shape,channels_last", [((64, 256, 7, 7), True), ((16, 256, 14, 14), False),
-                                                 ((16, 256, 14, 14), True)],
-                         ids=["rois-channels_last", "masks-nchw", "masks-channels_last"])
+                                                 ((16, 256, 14, 14), True), ((4, 256, 1, 1), False)],
+                         ids=["rois-channels_last", "masks-nchw", "masks-channels_last", "pooled"])
 def test_small_planes_move_what_groupnorm_moves(dtype, shape, channels_last):
-    """ROI batches: every byte the kernels load and store, per-plane and per-channel values
-    included, within 5% of GroupNorm's ideal (its passes over the map, plus the layer's
-    parameters, running state and parameter gradients once). bfloat16 moves float16's bytes;
-    NCHW 7 x 7 ROIs no more than channels_last (fewer chunks), in 3x the interpreter's time.
-    The per-channel rows are a fixed cost, so full-size batches (512 ROIs) come out lower."""
+    """ROI batches and DeepLabV3's pooled 1x1 maps: every byte the kernels load and store,
+    per-plane and per-channel values included, within 5% of GroupNorm's ideal (its passes over
+    the map, plus the layer's parameters, running state and parameter gradients once).
+    bfloat16 moves float16's bytes; NCHW 7 x 7 ROIs no more than channels_last (fewer chunks),
+    in 3x the interpreter's time. The per-channel rows are a fixed cost, so full-size batches
+    (512 ROIs) come out lower. A whole 1x1 layer in one program reads its map once each way."""
     tool = traffic_tool()
     forward, backward, tensors = tool.layer_traffic(shape, dtype, channels_last)
     ideal = tool.groupnorm_ideal(tensors)

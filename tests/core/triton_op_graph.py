@@ -29,7 +29,8 @@ def capture(gm, example_inputs):
 def step(x, bn_weight, bn_bias, gn_weight, gn_bias, mean, var, tracked, skipped, rate, scalars):
     out = torch.ops.bcn.triton_forward(x, 8, bn_weight, bn_bias, gn_weight, gn_bias, mean, var,
                                        tracked, skipped, 1, True, rate, scalars)
-    grads = torch.ops.bcn.triton_backward(out[0] * 2, 8, gn_weight, [x] + out[1:10], 1)
+    grads = torch.ops.bcn.triton_backward(out[0] * 2, 8, bn_weight, bn_bias, gn_weight, scalars,
+                                           [x] + out[1:10], 1)
     return out[0], grads[0], out[10]
 
 
