@@ -824,6 +824,25 @@ def _group_block_input_gradient(x_ptr, dy_ptr, dx_ptr, a_ptr, b_ptr, gn_w_ptr, m
 
 
 @triton.jit
+def _reciprocal(v):
+    """1 / v (float64, v > 0) without a division: float32's fast estimate, two Newton steps
+    (2^-22 -> 2^-44 -> float64's rounding). float64 division and square root leave their slow
+    paths to subroutine calls, and across a call ptxas keeps live values in a stack frame."""
+    r = tl.math.fdiv(1.0, v.to(tl.float32), ieee_rounding=False).to(tl.float64)
+    r = r * (2.0 - v * r)
+    return r * (2.0 - v * r)
+
+
+@triton.jit
+def _rsqrt(v):
+    """1 / sqrt(v) (float64, v > 0): the hardware estimate and two Newton steps, no division
+    or square root (as _reciprocal)."""
+    r = tl.math.rsqrt(v)
+    r = r * (1.5 - 0.5 * v * r * r)
+    return r * (1.5 - 0.5 * v * r * r)
+
+
+@triton.jit
 def _whole_map(ptr, N, C, cs, cmask, BLOCK_N: tl.constexpr):
     """The (N, C) map of a 1x1 layer as [BLOCK_N, slots] in float64: (values, their offsets,
     which are real)."""
@@ -837,7 +856,7 @@ def _whole_map(ptr, N, C, cs, cmask, BLOCK_N: tl.constexpr):
 def _batch_moments(x, mask, N):
     """Step 1's batch statistics of a whole 1x1 map, per slot: (mean, biased variance) over the
     samples, Eq. 16."""
-    share = 1.0 / N.to(tl.float64)  # one division: a float64 division is a subroutine call
+    share = _reciprocal(N.to(tl.float64))
     mean = tl.sum(x, axis=0) * share
     d = tl.where(mask, x - mean[None, :], 0.0)
     return mean, tl.sum(d * d, axis=0) * share
@@ -849,7 +868,7 @@ def _rows_group_mean(v, mask, D, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr,
     """[BLOCK_N, slots] -> [BLOCK_N, BLOCK_G]: each sample's mean over each group's channels
     (1x1 maps: a group's D values)."""
     sums = tl.sum(tl.reshape(tl.where(mask, v, 0.0), (BLOCK_N, BLOCK_G, BLOCK_D)), axis=2)
-    return sums * (1.0 / D.to(tl.float64))
+    return sums * _reciprocal(D.to(tl.float64))
 
 
 @triton.jit
@@ -875,7 +894,7 @@ def _whole_step2(x, mask, a, b, D, eps, BLOCK_N: tl.constexpr, BLOCK_G: tl.const
     statistics taken per (sample, group), then spread over the slots."""
     x1 = a[None, :] * x + b[None, :]
     dev = tl.where(mask, x1 - _rows_group_average(x1, mask, D, BLOCK_N, BLOCK_G, BLOCK_D), 0.0)
-    r = 1.0 / tl.sqrt(_rows_group_mean(dev * dev, mask, D, BLOCK_N, BLOCK_G, BLOCK_D) + eps)
+    r = _rsqrt(_rows_group_mean(dev * dev, mask, D, BLOCK_N, BLOCK_G, BLOCK_D) + eps)
     r = _rows_to_slots(r, BLOCK_N, BLOCK_G, BLOCK_D)
     return dev * r, r
 
@@ -908,7 +927,7 @@ def _whole_layer_forward(x_ptr, y_ptr, bn_w_ptr, bn_b_ptr, gn_w_ptr, gn_b_ptr, r
             tl.store(run_var_ptr + cs, tl.where(ok, new_var.to(old_var.dtype), old_var), mask=cmask)
             tl.store(tracked_ptr, tl.load(tracked_ptr) + ok.to(tl.int64))
             tl.store(skipped_ptr, tl.load(skipped_ptr) + (1 - ok.to(tl.int64)))
-    inv = 1.0 / tl.sqrt(var + tl.load(scalars_ptr))
+    inv = _rsqrt(var + tl.load(scalars_ptr))
     if SAVE:
         tl.store(mu_ptr + cs, mu, mask=cmask)
         tl.store(inv_ptr + cs, inv, mask=cmask)
@@ -936,7 +955,7 @@ def _whole_layer_backward(x_ptr, dy_ptr, dx_ptr, bn_w_ptr, bn_b_ptr, gn_w_ptr, s
     dy, _, _ = _whole_map(dy_ptr, N, C, cs, cmask, BLOCK_N)
     if STEP1 == 0:
         mu, var = _batch_moments(x, mask, N)
-        inv = 1.0 / tl.sqrt(var + tl.load(scalars_ptr))
+        inv = _rsqrt(var + tl.load(scalars_ptr))
     else:
         mu = tl.load(mu_ptr + cs, mask=cmask, other=0.0)
         inv = tl.load(inv_ptr + cs, mask=cmask, other=0.0)
@@ -965,7 +984,7 @@ def _whole_layer_backward(x_ptr, dy_ptr, dx_ptr, bn_w_ptr, bn_b_ptr, gn_w_ptr, s
     tl.store(dbn_b_ptr + cs, sum_p.to(dbn_b_ptr.dtype.element_ty), mask=cmask)
     tl.store(dbn_w_ptr + cs, sum_pq.to(dbn_w_ptr.dtype.element_ty), mask=cmask)
     if STEP1 == 0:
-        share = 1.0 / N.to(tl.float64)
+        share = _reciprocal(N.to(tl.float64))
         dx1 = dx1 - (sum_p * share)[None, :] - x_hat * (sum_pq * share)[None, :]
     tl.store(dx_ptr + offs, (a[None, :] * dx1).to(dx_ptr.dtype.element_ty), mask=mask)
 
@@ -1100,9 +1119,9 @@ def whole_layer_launch(n: int, c: int, groups: int, length: int, synchronized: b
 
     1x1 maps of up to ``_WHOLE_LAYER`` values (padded to powers of two: samples x groups x
     channels per group), not synchronized (a program cannot wait for other processes' sums).
-    One warp per 128 values (at most 16 warps): 4 float64 values a thread, so that what stays
-    live across float64 divisions (a subroutine call in SASS) fits the registers -- 8 a thread
-    left a few values on the stack on sm_80-sm_90.
+    One warp per 128 values (at most 16 warps): 4 float64 values a thread. The kernels divide
+    and take square roots through _reciprocal and _rsqrt, which make no subroutine calls, so
+    nothing goes to a stack frame on sm_80-sm_90.
     """
     if length != 1 or synchronized:
         return None
